@@ -1,0 +1,68 @@
+"""Input validation shared by the package: errors name the argument and what was expected."""
+from __future__ import annotations
+
+import numpy as np
+
+ACTIVATIONS = ("linear", "relu", "tanh", "erf")
+PARAMETERIZATIONS = ("mup", "ntk", "standard")
+
+
+def positive_int(value, argname: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{argname} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def nonnegative(value, argname: str, strict: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{argname} must be a real number; got {value!r}") from None
+    if not np.isfinite(v) or v < 0 or (strict and v == 0):
+        need = "> 0" if strict else ">= 0"
+        raise ValueError(f"{argname} must be finite and {need}; got {value!r}")
+    return v
+
+
+def choice(value, argname: str, options) -> str:
+    if value not in options:
+        raise ValueError(f"{argname} must be one of {tuple(options)}; got {value!r}")
+    return value
+
+
+def inputs(X, argname: str = "X") -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"{argname} must have shape (P, D) with P, D >= 1; got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{argname} contains NaN or infinite entries")
+    return X
+
+
+def targets(y, P: int, argname: str = "y") -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != P:
+        raise ValueError(f"{argname} must have shape ({P},) to match the inputs; got shape {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{argname} contains NaN or infinite entries")
+    return y
+
+
+def kernel_matrix(K, argname: str = "Kx", P: int | None = None, tol: float = 1e-8) -> np.ndarray:
+    """A symmetric positive semi-definite (P, P) matrix, else a ValueError that says why."""
+    K = np.asarray(K, dtype=np.float64)
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"{argname} must be a square (P, P) matrix; got shape {K.shape}")
+    if P is not None and K.shape[0] != P:
+        raise ValueError(f"{argname} must have shape ({P}, {P}); got shape {K.shape}")
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"{argname} contains NaN or infinite entries")
+    scale = max(1.0, float(np.max(np.abs(K))))
+    asym = float(np.max(np.abs(K - K.T)))
+    if asym > tol * scale:
+        raise ValueError(f"{argname} must be symmetric; max |K - K^T| is {asym:.3g}")
+    lam = float(np.linalg.eigvalsh((K + K.T) / 2)[0])
+    if lam < -1e-6 * scale:
+        raise ValueError(f"{argname} must be symmetric positive semi-definite; "
+                         f"smallest eigenvalue is {lam:.3g}")
+    return K
