@@ -287,7 +287,7 @@ def _trainer(net: MLP, eta: float, steps: int, record_every: int, with_test: boo
         k_end = kernels(net, params, X)
         f_end = apply(net, params, X)[:, 0]
         ft_end = apply(net, params, X_test)[:, 0] if with_test else jnp.zeros((0,), X.dtype)
-        flat = lambda a: a.reshape((-1,) + a.shape[2:])
+        flat = lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
         loss = jnp.concatenate([flat(loss), (0.5 * jnp.mean((f_end - y) ** 2))[None]])
         delta = jnp.concatenate([flat(delta), (y - f_end)[None]])
         ft = jnp.concatenate([flat(ft), ft_end[None]])
