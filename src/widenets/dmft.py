@@ -290,3 +290,49 @@ def deep_linear(Kx, y, *, depth, gamma0, eta, steps, method="causal", responses=
                         converged=converged, method=method,
                         params=dict(depth=depth, gamma0=gamma0, eta=eta, steps=steps,
                                     responses=responses, update=update))
+
+
+def static_ntk(Kx, y, *, depth, eta, steps) -> DMFTSolution:
+    """The lazy (gamma0 = 0) limit: kernels frozen at initialisation, ``K = (L+1) Kx`` for linear nets."""
+    return deep_linear(Kx, y, depth=depth, gamma0=0.0, eta=eta, steps=steps)
+
+
+def gradient_independence(Kx, y, *, depth, gamma0, eta, steps) -> DMFTSolution:
+    """The gradient-independence ansatz: the DMFT without the response functions A, B."""
+    return deep_linear(Kx, y, depth=depth, gamma0=gamma0, eta=eta, steps=steps, responses=False)
+
+
+def perturbative(Kx, y, *, depth, gamma0, eta, steps) -> DMFTSolution:
+    """Leading-order perturbation theory in the richness: kernels to O(gamma0^2).
+
+    The kernels are even in gamma0, so ``Phi = Phi_0 + gamma0^2 Phi_2 + O(gamma0^4)`` with
+    ``Phi_2 = (1/2) d^2 Phi / d gamma0^2`` at gamma0 = 0, obtained exactly by forward-mode
+    differentiation of the causal solver (no finite differences). The error then follows the
+    Euler dynamics with the truncated NTK ``K_0(t) + gamma0^2 K_2(t)``.
+    """
+    Kx, y, depth, gamma0, eta, steps = _validate(Kx, y, depth, gamma0, eta, steps)
+    et = jnp.asarray(eta, Kx.dtype)
+
+    def kernels(g):
+        delta, ntk, Phi, G, _, _ = _causal_solve(Kx, y, g, et, depth=depth, steps=steps)
+        return ntk, Phi, G
+
+    zero, one = jnp.zeros((), Kx.dtype), jnp.ones((), Kx.dtype)
+    base = kernels(zero)
+    second = jax.jvp(lambda g: jax.jvp(kernels, (g,), (one,))[1], (zero,), (one,))[1]
+    ntk, Phi, G = (b + 0.5 * gamma0 ** 2 * s for b, s in zip(base, second))
+
+    def euler(d, Kt):
+        return d - (eta / Kx.shape[0]) * Kt @ d, d
+
+    _, delta = jax.lax.scan(euler, y, ntk)
+    T1, P = steps + 1, Kx.shape[0]
+    finite = bool(jnp.all(jnp.isfinite(delta)))
+    if not finite:
+        warnings.warn("perturbative solve diverged (non-finite error)", RuntimeWarning,
+                      stacklevel=2)
+    return DMFTSolution(delta=delta, loss=0.5 * jnp.mean(delta ** 2, axis=1), ntk=ntk,
+                        phi=Phi.reshape(depth, T1, P, T1, P), g=G,
+                        residuals=np.asarray([0.0 if finite else np.inf]), converged=finite,
+                        method="perturbative",
+                        params=dict(depth=depth, gamma0=gamma0, eta=eta, steps=steps))
