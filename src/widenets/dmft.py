@@ -121,7 +121,8 @@ def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="e
             Gr[l] = Gr[l].at[t].set(e_t + ba @ Gr[l])
             Gu[l] = Gu[l].at[t].set(b_row + ba @ Gu[l])
             Phi_dn = Phi0 if l == 0 else Phi[l - 1]
-            x_row = Gu[l][t] @ Phi_dn                           # valid on columns < t
+            x_row = Gu[l][t] @ Phi_dn          # X(t, .) = <g(t) u^T>, valid on columns < t
+            X[l] = X[l].at[t].set(x_row)       # (column block t is filled in the forward pass)
             g_row = (Gr[l][t] @ G_up) @ Gr[l].T + x_row @ Gu[l].T
             g_row = jnp.where(upto, g_row, G[l][t])
             G[l] = G[l].at[t].set(g_row).at[:, t].set(g_row)
@@ -134,8 +135,7 @@ def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="e
                 a_t = a_t + rows(Hr[l - 1], t)
             A[l] = put_rows(A[l], t, a_t)
             Hr[l] = put_rows(Hr[l], t, a_t @ Gr[l])
-            X[l] = X[l].at[t].set(Gu[l][t] @ Phi_dn)
-            x_col = Gu[l] @ cols(Phi_dn, t)                     # (T1, P)
+            x_col = Gu[l] @ cols(Phi_dn, t)                     # X(., (t, mu)), (T1, P)
             X[l] = put_cols(X[l], t, x_col)
             phi_t = phi_dn_t + a_t @ X[l] + (A[l] @ x_col).T + (a_t @ G[l]) @ A[l].T
             phi_t = jnp.where(upto_h[None, :], phi_t, 0.0)
