@@ -276,7 +276,7 @@ def deep_linear(Kx, y, *, depth, gamma0, eta, steps, method="causal", responses=
     elif finite:
         residuals.append(0.0)
     residuals = np.asarray(residuals if finite else [np.inf])
-    converged = finite and residuals[-1] < tol
+    converged = bool(finite and residuals[-1] < tol)
     if not finite:
         warnings.warn(f"DMFT solve diverged (non-finite fields): eta={eta} is probably above "
                       "the stable learning rate", RuntimeWarning, stacklevel=2)
