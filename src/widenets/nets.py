@@ -92,6 +92,31 @@ def scalings(net: MLP) -> Scalings:
                     float(ntk_scale))
 
 
+def abc_exponents(parameterization: str, depth: int = 2, D: int = 10) -> dict:
+    """Width exponents of a parameterisation, read off :func:`scalings` (Yang & Hu's abc form).
+
+    Writing layer l's weight as ``W = N^{-a} w`` with ``w ~ N(0, N^{-2b})`` and the learning
+    rate as ``eta N^{-c}``, returns ``{"a": (a_in, a_hidden, a_out), "b": ..., "c": c}``, and the
+    same exponents shifted by the symmetry ``(a, b, c) -> (a + s, b - s, c - 2s)`` to ``c = 0``
+    (``"a0"``, ``"b0"``), the normalisation of Yang & Hu's table. The input dimension D is held
+    fixed, so only N-dependence counts. Exponents are measured from two widths, not hard-coded.
+    """
+    _checks.choice(parameterization, "parameterization", PARAMETERIZATIONS)
+    depth = max(_checks.positive_int(depth, "depth"), 2)
+    N1, N2 = 1024, 4096
+    s1, s2 = (scalings(make_mlp(D, depth=depth, width=n, parameterization=parameterization))
+              for n in (N1, N2))
+    expo = lambda v1, v2: -float(np.log(v2 / v1) / np.log(N2 / N1))
+    pick = lambda seq: (seq[0], seq[1], seq[-1])        # input, a hidden layer, readout
+    a = tuple(expo(m1, m2) for m1, m2 in zip(pick(s1.multiplier), pick(s2.multiplier)))
+    b = tuple(expo(v1, v2) for v1, v2 in zip(pick(s1.init_std), pick(s2.init_std)))
+    c = expo(s1.ntk_scale, s2.ntk_scale)
+    shift = -c / 2
+    clean = lambda x: round(x * 2) / 2 + 0.0
+    return {"a": tuple(map(clean, a)), "b": tuple(map(clean, b)), "c": clean(c),
+            "a0": tuple(clean(x + shift) for x in a), "b0": tuple(clean(x - shift) for x in b)}
+
+
 def init_params(net: MLP, key) -> list:
     """Independent Gaussian weights for every layer (one key per layer, never reused)."""
     sc = scalings(net)
@@ -211,7 +236,8 @@ class Trajectory(NamedTuple):
 
 
 def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, key,
-              parameterization="mup", n_seeds=1, record_every=None, X_test=None) -> Trajectory:
+              parameterization="mup", n_seeds=1, record_every=None, X_test=None,
+              center=False) -> Trajectory:
     """Train ``n_seeds`` independent MLPs by full-batch gradient descent and record their kernels.
 
     Args:
@@ -223,6 +249,9 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
       record_every: kernels are recorded every this many steps (must divide ``steps``);
         default ``steps`` (at initialisation and at the end only).
       X_test: optional test inputs (P_test, D) whose predictions are recorded at every step.
+      center: train and record ``f(x; theta) - f(x; theta_0)``, the output minus its value at
+        initialisation, so that ``delta[0] = y`` exactly as in the infinite-width theory (the
+        gradients, hence the kernels, are unchanged).
     """
     X = jnp.asarray(_checks.inputs(X, "X"))
     y = jnp.asarray(_checks.targets(y, X.shape[0], "y"), X.dtype)
@@ -241,8 +270,9 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
             raise ValueError(f"X_test must have D={X.shape[1]} columns like X; "
                              f"got shape {X_test.shape}")
     keys = jax.random.split(key, n_seeds)
-    run = _trainer(net, float(eta), steps, record_every, X_test is not None)
-    out = run(keys, X, y, X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype))
+    run = _trainer(net, steps, record_every, X_test is not None, bool(center))
+    out = run(keys, X, y, X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
+              jnp.asarray(eta * scalings(net).ntk_scale, X.dtype))
     loss, delta, f_test, ntk, phi, g, params = out
     if not bool(jnp.all(jnp.isfinite(loss))):
         import warnings
@@ -257,24 +287,32 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
 _TRAINERS: dict = {}
 
 
-def _trainer(net: MLP, eta: float, steps: int, record_every: int, with_test: bool):
-    """A jitted, vmapped (over seeds) trainer; cached per static configuration."""
-    cache_key = (net, eta, steps, record_every, with_test)
+def _trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: bool):
+    """A jitted, vmapped (over seeds) trainer; cached per static configuration.
+
+    The learning rate is a traced argument, so sweeps over it reuse one compilation.
+    """
+    cache_key = (net, steps, record_every, with_test, center)
     if cache_key in _TRAINERS:
         return _TRAINERS[cache_key]
-    lr = eta * scalings(net).ntk_scale
     n_chunks = steps // record_every
 
-    def one_seed(key, X, y, X_test):
+    def one_seed(key, X, y, X_test, lr):
         params = init_params(net, key)
+        # centring subtracts the output at initialisation (the DMFT's f(0) = 0)
+        f_init = apply(net, params, X)[:, 0] if center else jnp.zeros(X.shape[0], X.dtype)
+        ft_init = apply(net, params, X_test)[:, 0] if center and with_test else 0.0
+
+        def out(p, x, f0):
+            return apply(net, p, x)[:, 0] - f0
 
         def loss_fn(p):
-            f = apply(net, p, X)[:, 0]
+            f = out(p, X, f_init)
             return 0.5 * jnp.mean((f - y) ** 2), f
 
         def step(p, _):
             (loss, f), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-            ft = apply(net, p, X_test)[:, 0] if with_test else jnp.zeros((0,), X.dtype)
+            ft = out(p, X_test, ft_init) if with_test else jnp.zeros((0,), X.dtype)
             p = jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, grads)
             return p, (loss, y - f, ft)
 
@@ -285,8 +323,8 @@ def _trainer(net: MLP, eta: float, steps: int, record_every: int, with_test: boo
 
         params, (ks, (loss, delta, ft)) = jax.lax.scan(chunk, params, None, length=n_chunks)
         k_end = kernels(net, params, X)
-        f_end = apply(net, params, X)[:, 0]
-        ft_end = apply(net, params, X_test)[:, 0] if with_test else jnp.zeros((0,), X.dtype)
+        f_end = out(params, X, f_init)
+        ft_end = out(params, X_test, ft_init) if with_test else jnp.zeros((0,), X.dtype)
         flat = lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
         loss = jnp.concatenate([flat(loss), (0.5 * jnp.mean((f_end - y) ** 2))[None]])
         delta = jnp.concatenate([flat(delta), (y - f_end)[None]])
@@ -296,6 +334,79 @@ def _trainer(net: MLP, eta: float, steps: int, record_every: int, with_test: boo
         g = jnp.concatenate([ks.g, k_end.g[None]]).transpose(1, 0, 2, 3)
         return loss, delta, ft, ntk, phi, g, params
 
-    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None)))
+    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None)))
     _TRAINERS[cache_key] = run
+    return run
+
+
+# ----------------------------------------------------------------------------- coordinate check
+class CoordCheck(NamedTuple):
+    """Sizes of the pre-activations and of their change during the first steps, per width.
+
+    ``h_size`` (n_widths, depth): root-mean-square of h^l at initialisation (over neurons,
+    samples and seeds); ``dh_size`` (n_widths, steps, depth): RMS of h^l(t) - h^l(0) after
+    t = 1..steps steps; ``df_size`` (n_widths, steps): RMS change of the output.
+    """
+    widths: np.ndarray
+    h_size: np.ndarray
+    dh_size: np.ndarray
+    df_size: np.ndarray
+    parameterization: str
+
+
+def coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", gamma0=1.0,
+                eta, steps=3, key, n_seeds=4) -> CoordCheck:
+    """Coordinate check (Yang & Hu 2021): how the size of each layer's update scales with width.
+
+    Trains ``n_seeds`` networks per width for ``steps`` full-batch steps (learning rate
+    ``eta * ntk_scale`` as in :func:`train_mlp`) and measures typical coordinate sizes. A
+    parameterisation admits feature learning at infinite width when ``dh_size`` neither grows
+    nor vanishes with the width: muP does this; the NTK parameterisation's updates vanish like
+    N^-1/2 and the standard parameterisation's blow up.
+    """
+    X = jnp.asarray(_checks.inputs(X, "X"))
+    y = jnp.asarray(_checks.targets(y, X.shape[0], "y"), X.dtype)
+    widths = [_checks.positive_int(int(n), "widths") for n in np.atleast_1d(widths)]
+    steps = _checks.positive_int(steps, "steps")
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    eta = _checks.nonnegative(eta, "eta")
+    h_size, dh_size, df_size = [], [], []
+    for N in widths:
+        net = make_mlp(X.shape[1], depth=depth, width=N, activation=activation,
+                       parameterization=parameterization, gamma0=gamma0)
+        lr = jnp.asarray(eta * scalings(net).ntk_scale, X.dtype)
+        run = _coord_runner(net, steps)
+        hs0, dhs, dfs = run(jax.random.split(key, n_seeds), X, y, lr)
+        h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
+        dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
+        df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))
+    return CoordCheck(np.asarray(widths), np.stack(h_size), np.stack(dh_size), np.stack(df_size),
+                      parameterization)
+
+
+_COORD: dict = {}
+
+
+def _coord_runner(net: MLP, steps: int):
+    if (net, steps) in _COORD:
+        return _COORD[net, steps]
+
+    def one_seed(key, X, y, lr):
+        params = init_params(net, key)
+        hs0, f0 = forward(net, params, X)
+
+        def loss_fn(p):
+            return 0.5 * jnp.mean((apply(net, p, X)[:, 0] - y) ** 2)
+
+        def step(p, _):
+            p = jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, jax.grad(loss_fn)(p))
+            hs, f = forward(net, p, X)
+            dh = jnp.stack([jnp.mean((h - h0) ** 2) for h, h0 in zip(hs, hs0)])
+            return p, (dh, jnp.mean((f - f0) ** 2))
+
+        _, (dh, df) = jax.lax.scan(step, params, None, length=steps)
+        return jnp.stack([jnp.mean(h ** 2) for h in hs0]), dh, df
+
+    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None)))
+    _COORD[net, steps] = run
     return run
