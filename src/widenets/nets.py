@@ -97,7 +97,7 @@ def abc_exponents(parameterization: str, depth: int = 2, D: int = 10) -> dict:
 
     Writing layer l's weight as ``W = N^{-a} w`` with ``w ~ N(0, N^{-2b})`` and the learning
     rate as ``eta N^{-c}``, returns ``{"a": (a_in, a_hidden, a_out), "b": ..., "c": c}``, and the
-    same exponents shifted by the symmetry ``(a, b, c) -> (a + s, b - s, c - 2s)`` to ``c = 0``
+    same exponents moved by the symmetry ``(a, b, c) -> (a - s, b + s, c + 2s)`` of ``w = N^s w'`` to ``c = 0``
     (``"a0"``, ``"b0"``), the normalisation of Yang & Hu's table. The input dimension D is held
     fixed, so only N-dependence counts. Exponents are measured from two widths, not hard-coded.
     """
@@ -111,7 +111,7 @@ def abc_exponents(parameterization: str, depth: int = 2, D: int = 10) -> dict:
     a = tuple(expo(m1, m2) for m1, m2 in zip(pick(s1.multiplier), pick(s2.multiplier)))
     b = tuple(expo(v1, v2) for v1, v2 in zip(pick(s1.init_std), pick(s2.init_std)))
     c = expo(s1.ntk_scale, s2.ntk_scale)
-    shift = -c / 2
+    shift = c / 2          # w = N^s w' maps (a, b, c) to (a - s, b + s, c + 2s); s = -c/2
     clean = lambda x: round(x * 2) / 2 + 0.0
     return {"a": tuple(map(clean, a)), "b": tuple(map(clean, b)), "c": clean(c),
             "a0": tuple(clean(x + shift) for x in a), "b0": tuple(clean(x - shift) for x in b)}
