@@ -297,9 +297,10 @@ def static_ntk(Kx, y, *, depth, eta, steps) -> DMFTSolution:
     return deep_linear(Kx, y, depth=depth, gamma0=0.0, eta=eta, steps=steps)
 
 
-def gradient_independence(Kx, y, *, depth, gamma0, eta, steps) -> DMFTSolution:
+def gradient_independence(Kx, y, *, depth, gamma0, eta, steps, update="euler") -> DMFTSolution:
     """The gradient-independence ansatz: the DMFT without the response functions A, B."""
-    return deep_linear(Kx, y, depth=depth, gamma0=gamma0, eta=eta, steps=steps, responses=False)
+    return deep_linear(Kx, y, depth=depth, gamma0=gamma0, eta=eta, steps=steps, responses=False,
+                       update=update)
 
 
 def perturbative(Kx, y, *, depth, gamma0, eta, steps) -> DMFTSolution:

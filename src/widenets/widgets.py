@@ -113,3 +113,52 @@ def feature_learning_panel(task, *, widths=(64, 256, 1024), steps=200):
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
                                 continuous_update=False),
         parameterization=w.ToggleButtons(options=["mup", "ntk"], description="param."))
+
+
+def draw_deep_linear(axes, Kx, y, *, gamma0, depth, eta, steps=100):
+    """DMFT of a deep linear net against its approximations: loss curves and the final H^L.
+
+    ``axes``: two axes. Left: loss of the full DMFT, the static NTK, leading-order perturbation
+    theory and gradient independence; right: the DMFT's last-layer kernel H^L(T) = Phi^L(T, T).
+    Returns the final losses as a dict.
+    """
+    from . import dmft
+    kw = dict(depth=depth, eta=eta, steps=steps)
+    sols = {"DMFT": dmft.deep_linear(Kx, y, gamma0=gamma0, **kw),
+            "static NTK": dmft.static_ntk(Kx, y, **kw),
+            "perturbative": dmft.perturbative(Kx, y, gamma0=gamma0, **kw),
+            "grad. independence": dmft.gradient_independence(Kx, y, gamma0=gamma0, **kw)}
+    ax_loss, ax_k = axes
+    for (name, s), st in zip(sols.items(), ("-", "--", "-.", ":")):
+        ax_loss.semilogy(np.asarray(s.loss), ls=st, label=name)
+    ax_loss.set_xlabel("step $t$")
+    ax_loss.set_ylabel(r"$\mathcal{L}(t)$")
+    ax_loss.set_title(f"$\\gamma_0$={gamma0:g}, L={depth}, $\\eta$={eta:g}")
+    ax_loss.legend(fontsize=7)
+    order = np.argsort(np.asarray(y))
+    H = np.asarray(sols["DMFT"].phi[-1, -1, :, -1, :])[np.ix_(order, order)]
+    ax_k.imshow(H, cmap="viridis")
+    ax_k.set_title(r"DMFT $H^L(T)$")
+    ax_k.set_xticks([])
+    ax_k.set_yticks([])
+    return {k: float(s.loss[-1]) for k, s in sols.items()}
+
+
+def deep_linear_panel(Kx, y, *, steps=100):
+    """ipywidgets panel (gamma0, depth, eta) around :func:`draw_deep_linear`."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    def show(gamma0, depth, eta):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        draw_deep_linear(axes, Kx, y, gamma0=gamma0, depth=depth, eta=eta, steps=steps)
+        fig.tight_layout()
+        plt.show()
+
+    return w.interactive(
+        show,
+        gamma0=w.FloatSlider(value=1.0, min=0.0, max=3.0, step=0.1, description="γ0",
+                             continuous_update=False),
+        depth=w.IntSlider(value=2, min=1, max=5, description="depth L", continuous_update=False),
+        eta=w.FloatSlider(value=0.1, min=0.01, max=0.5, step=0.01, description="η",
+                          continuous_update=False))
