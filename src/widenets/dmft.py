@@ -82,7 +82,6 @@ def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="e
     c = eta / P
     t_of = jnp.arange(TP) // P                      # time of a flattened (s, nu) index
     tidx = jnp.arange(T1)
-    Phi0 = jnp.tile(Kx, (T1, T1))                  # Phi^0((t,mu),(s,nu)) = Kx[mu, nu]
     ones = jnp.ones((T1, T1), dt)
 
     def rows(M, t):
@@ -96,6 +95,17 @@ def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="e
 
     def put_cols(M, t, v):
         return jax.lax.dynamic_update_slice_in_dim(M, v, t * P, axis=1)
+
+    # Phi^0((t,mu),(s,nu)) = Kx[mu, nu] at all times: products with it never touch a dense
+    # (TP, TP) matrix (for the layers above, Phi^{l-1} is the solver's own state)
+    def phi_dn_row(Phi, l, v):          # v @ Phi^{l-1}, v: (TP,)
+        return jnp.tile(v.reshape(T1, P).sum(0) @ Kx, T1) if l == 0 else v @ Phi[l - 1]
+
+    def phi_dn_rows(Phi, l, t):         # Phi^{l-1}[(t, .), :], (P, TP)
+        return jnp.tile(Kx, (1, T1)) if l == 0 else rows(Phi[l - 1], t)
+
+    def phi_dn_cols(Phi, l, t):         # Phi^{l-1}[:, (t, .)], (TP, P)
+        return jnp.tile(Kx, (T1, 1)) if l == 0 else cols(Phi[l - 1], t)
 
     z = lambda *shape: jnp.zeros(shape, dt)
     state0 = dict(
@@ -120,24 +130,23 @@ def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="e
             ba = b_row @ A[l]                                   # (T1,)
             Gr[l] = Gr[l].at[t].set(e_t + ba @ Gr[l])
             Gu[l] = Gu[l].at[t].set(b_row + ba @ Gu[l])
-            Phi_dn = Phi0 if l == 0 else Phi[l - 1]
-            x_row = Gu[l][t] @ Phi_dn          # X(t, .) = <g(t) u^T>, valid on columns < t
+            x_row = phi_dn_row(Phi, l, Gu[l][t])   # X(t, .) = <g(t) u^T>, valid on columns < t
             X[l] = X[l].at[t].set(x_row)       # (column block t is filled in the forward pass)
             g_row = (Gr[l][t] @ G_up) @ Gr[l].T + x_row @ Gu[l].T
             g_row = jnp.where(upto, g_row, G[l][t])
             G[l] = G[l].at[t].set(g_row).at[:, t].set(g_row)
         # forward fields h^l(t), from the input up
         for l in range(L):
-            Phi_dn = Phi0 if l == 0 else Phi[l - 1]
-            phi_dn_t = rows(Phi_dn, t)                          # (P, TP)
+            phi_dn_t = phi_dn_rows(Phi, l, t)                   # (P, TP)
             a_t = gamma0 * c * (phi_dn_t * dflat[None, :]).reshape(P, T1, P).sum(-1)
             if responses and l > 0:
                 a_t = a_t + rows(Hr[l - 1], t)
             A[l] = put_rows(A[l], t, a_t)
             Hr[l] = put_rows(Hr[l], t, a_t @ Gr[l])
-            x_col = Gu[l] @ cols(Phi_dn, t)                     # X(., (t, mu)), (T1, P)
+            x_col = Gu[l] @ phi_dn_cols(Phi, l, t)              # X(., (t, mu)), (T1, P)
             X[l] = put_cols(X[l], t, x_col)
-            phi_t = phi_dn_t + a_t @ X[l] + (A[l] @ x_col).T + (a_t @ G[l]) @ A[l].T
+            # Phi^l = Phi^{l-1} + a X + (a X)^T + a G^l a^T, row t (the last two terms share A^T)
+            phi_t = phi_dn_t + a_t @ X[l] + (x_col.T + a_t @ G[l]) @ A[l].T
             phi_t = jnp.where(upto_h[None, :], phi_t, 0.0)
             blk = cols(phi_t, t)
             phi_t = put_cols(phi_t, t, (blk + blk.T) / 2)
