@@ -154,3 +154,12 @@ def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
     X, y = args.pop("X"), args.pop("y")
     with pytest.raises(ValueError, match=match):
         nets.train_mlp(X, y, **args)
+
+
+def test_coord_check_rejects_bad_input():
+    with pytest.raises(ValueError, match="widths"):
+        nets.coord_check(TASK.X, TASK.y, widths=[0, 8], parameterization="mup", eta=0.1,
+                         key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="parameterization"):
+        nets.coord_check(TASK.X, TASK.y, widths=[8], parameterization="sp", eta=0.1,
+                         key=jax.random.PRNGKey(0))

@@ -346,3 +346,114 @@ def perturbative(Kx, y, *, depth, gamma0, eta, steps) -> DMFTSolution:
                         residuals=np.asarray([0.0 if finite else np.inf]), converged=finite,
                         method="perturbative",
                         params=dict(depth=depth, gamma0=gamma0, eta=eta, steps=steps))
+
+
+# ----------------------------------------------------------------------------- nonlinear (Monte Carlo)
+def _activation_pair(name):
+    from .nets import activation_fn
+    phi = activation_fn(name)
+    return phi, jax.vmap(jax.vmap(jax.grad(phi)))
+
+
+@partial(jax.jit, static_argnames=("activation", "steps"))
+def _two_layer_mc(Kx, y, gamma0, eta, key, *, activation, steps, samples):
+    """Single-site process of a two-layer net, sampled: one causal pass over time.
+
+    ``samples`` neurons carry the sources ``u ~ N(0, Kx)`` (P,) and ``r ~ N(0, 1)``; returns
+    (delta, ntk, phi_t, g_t) with the per-sample features phi(h(t)) and gradients g(t).
+    """
+    P = Kx.shape[0]
+    c = eta / P
+    phi, dphi = _activation_pair(activation)
+    ku, kr = jax.random.split(key)
+    lam, V = jnp.linalg.eigh(Kx)
+    root = V * jnp.sqrt(jnp.clip(lam, 0.0))                 # Kx = root root^T (PSD-safe)
+    u = jax.random.normal(ku, (samples.shape[0], P), Kx.dtype) @ root.T
+    r = jax.random.normal(kr, (samples.shape[0],), Kx.dtype)
+
+    def step(carry, _):
+        acc, z, d = carry                                   # acc = sum_{s<t} Delta(s) g(s)
+        h = u + gamma0 * c * acc @ Kx                       # (S, P); Kx symmetric
+        a = phi(h)
+        g = dphi(h) * z[:, None]
+        S = h.shape[0]
+        Phi_tt, G_tt = a.T @ a / S, g.T @ g / S
+        K = Phi_tt + G_tt * Kx
+        acc = acc + d[None, :] * g
+        z = z + gamma0 * c * a @ d
+        d_next = d - c * K @ d
+        return (acc, z, d_next), (d, K, a, g)
+
+    init = (jnp.zeros_like(u), r, y)
+    _, (delta, ntk, a, g) = jax.lax.scan(step, init, None, length=steps + 1)
+    return delta, ntk, a, g
+
+
+class NonlinearSolution(NamedTuple):
+    """Monte-Carlo DMFT solution: the fields of :class:`DMFTSolution` plus ``loss_stderr``
+    (T+1,), the Monte-Carlo standard error of ``loss`` from independent repeats, and
+    ``h_samples``/``z_samples``-style per-sample records (``features`` (T+1, S, P) of phi(h),
+    ``gradients`` (T+1, S, P) of g) for densities."""
+    delta: jax.Array
+    loss: jax.Array
+    loss_stderr: jax.Array
+    ntk: jax.Array
+    phi: jax.Array
+    g: jax.Array
+    features: jax.Array
+    gradients: jax.Array
+    residuals: np.ndarray
+    converged: bool
+    method: str
+    params: dict
+
+
+def nonlinear(Kx, y, *, depth, activation, gamma0, eta, steps, samples, key, repeats=4):
+    """Monte-Carlo DMFT of a nonlinear network in the mean-field parameterisation.
+
+    Depth 1 (a two-layer network; no response functions): ``samples`` single-site neurons are
+    drawn once and evolved by one causal pass over time (``lax.scan``); the kernels
+    ``Phi(t,s) = <phi(h(t)) phi(h(s))>`` and ``G(t,s) = <g(t) g(s)>`` are sample averages and the
+    error follows the Euler update with ``K(t) = Phi(t,t) + G(t,t) * Kx``. Because the fields
+    at t depend only on the past, no outer fixed-point iteration is needed; the Monte-Carlo
+    error is estimated from ``repeats`` independent solves with ``samples // repeats`` neurons
+    each (``loss_stderr``). Deeper networks need the response functions A, B and are not
+    implemented yet (NotImplementedError).
+    """
+    Kx, y, depth, gamma0, eta, steps = _validate(Kx, y, depth, gamma0, eta, steps)
+    _checks.choice(activation, "activation", _checks.ACTIVATIONS)
+    samples = _checks.positive_int(samples, "samples", minimum=2)
+    repeats = _checks.positive_int(repeats, "repeats", minimum=2)
+    if samples < 2 * repeats:
+        raise ValueError(f"samples must be at least 2 * repeats = {2 * repeats}; got {samples}")
+    if depth != 1:
+        raise NotImplementedError("nonlinear DMFT for depth >= 2 (response functions A, B) is "
+                                  "not implemented yet; use depth=1, or dmft.deep_linear for "
+                                  "linear networks")
+    g0, et = jnp.asarray(gamma0, Kx.dtype), jnp.asarray(eta, Kx.dtype)
+    k_main, k_rep = jax.random.split(key)
+    delta, ntk, a, g = _two_layer_mc(Kx, y, g0, et, k_main, activation=activation, steps=steps,
+                                     samples=jnp.zeros(samples))
+    per = samples // repeats
+    reps = jax.vmap(lambda k: _two_layer_mc(Kx, y, g0, et, k, activation=activation, steps=steps,
+                                            samples=jnp.zeros(per))[0])(
+        jax.random.split(k_rep, repeats))
+    rep_loss = 0.5 * jnp.mean(reps ** 2, axis=-1)                          # (R, T+1)
+    # the pooled solve has `repeats` times the samples of one repeat: its error is smaller by
+    # sqrt(repeats) than the spread of the repeats
+    loss_stderr = jnp.std(rep_loss, axis=0, ddof=1) / jnp.sqrt(repeats)
+    T1, P = steps + 1, Kx.shape[0]
+    S = a.shape[1]
+    phi = jnp.einsum("tsm,usn->tmun", a, a) / S
+    G = jnp.einsum("tsm,usn->tmun", g, g) / S
+    finite = bool(jnp.all(jnp.isfinite(delta)))
+    if not finite:
+        warnings.warn(f"Monte-Carlo DMFT diverged (non-finite error): eta={eta} is probably "
+                      "above the stable learning rate", RuntimeWarning, stacklevel=2)
+    return NonlinearSolution(
+        delta=delta, loss=0.5 * jnp.mean(delta ** 2, axis=1), loss_stderr=loss_stderr, ntk=ntk,
+        phi=phi[None], g=G[None], features=a, gradients=g,
+        residuals=np.asarray([0.0 if finite else np.inf]), converged=finite,
+        method="causal-monte-carlo",
+        params=dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta, steps=steps,
+                    samples=samples, repeats=repeats))
