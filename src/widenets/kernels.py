@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
-from .nets import MLP, apply, make_mlp, scalings
+from .nets import MLP, apply, scalings
 
 
 def _nt():
@@ -238,11 +238,3 @@ def max_learning_rate(K, *, eps: float = 1e-12) -> float:
     K = _checks.kernel_matrix(K, "K")
     lam_max = float(np.linalg.eigvalsh(K)[-1])
     return 2 * K.shape[0] / max(lam_max, eps)
-
-
-def mlp_for(X, *, depth, width, activation="relu", parameterization="mup", gamma0=1.0,
-            n_out=1) -> MLP:
-    """Convenience: the :class:`~widenets.nets.MLP` for inputs ``X`` of shape (P, D)."""
-    X = _checks.inputs(X, "X")
-    return make_mlp(X.shape[1], depth=depth, width=width, activation=activation,
-                    parameterization=parameterization, gamma0=gamma0, n_out=n_out)
