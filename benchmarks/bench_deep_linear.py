@@ -27,6 +27,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 import widenets as wn  # noqa: E402
+from _timing import time_it  # noqa: E402
 
 
 def baseline(Kx, y, *, depth, gamma0, eta, steps, tol=1e-8, damping=0.5, max_sweeps=500):
@@ -78,16 +79,6 @@ def baseline(Kx, y, *, depth, gamma0, eta, steps, tol=1e-8, damping=0.5, max_swe
     return delta, np.stack(Phi), sweeps
 
 
-def time_call(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        jax.block_until_ready(out)
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), out
-
-
 def setting(P, D, T, L, *, gamma0=1.0, eta=0.1, repeats=3, run_baseline=True):
     task = wn.data.gaussian_task(jax.random.PRNGKey(0), P, D)
     Kx = wn.data.input_kernel(task.X)
@@ -95,7 +86,7 @@ def setting(P, D, T, L, *, gamma0=1.0, eta=0.1, repeats=3, run_baseline=True):
     t0 = time.perf_counter()
     sol = solve()
     first = time.perf_counter() - t0
-    t_ours, sol = time_call(lambda: solve(), repeats)
+    t_ours, sol = time_it(lambda: solve(), repeats)
     row = dict(P=P, D=D, T=T, L=L, gamma0=gamma0, eta=eta, ours_s=t_ours, ours_first_call_s=first,
                residual=float(sol.residuals[-1]), converged=bool(sol.converged))
     if run_baseline:

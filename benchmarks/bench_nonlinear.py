@@ -28,6 +28,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 import widenets as wn  # noqa: E402
+from _timing import time_it  # noqa: E402
 from widenets import dmft  # noqa: E402
 
 
@@ -71,16 +72,6 @@ def baseline(Kx, y, u, r, *, gamma0, eta, steps, tol=1e-8, damping=0.5, max_swee
         if change < tol:
             break
     return new, sweep
-
-
-def time_it(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        jax.block_until_ready(out)
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), out
 
 
 def setting(P, T, S, *, gamma0=1.0, eta=0.075, repeats=3, run_baseline=True):
