@@ -32,6 +32,8 @@ def choice(value, argname: str, options) -> str:
 
 def inputs(X, argname: str = "X") -> np.ndarray:
     X = np.asarray(X)
+    if X.dtype.kind in "biu":   # integer or boolean features train as floats
+        X = X.astype(np.float64 if np.zeros(()).dtype == np.float64 and _x64() else np.float32)
     if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
         raise ValueError(f"{argname} must have shape (P, D) with P, D >= 1; got shape {X.shape}")
     if not np.all(np.isfinite(X)):
@@ -50,7 +52,10 @@ def targets(y, P: int, argname: str = "y") -> np.ndarray:
 
 def kernel_matrix(K, argname: str = "Kx", P: int | None = None, tol: float = 1e-8) -> np.ndarray:
     """A symmetric positive semi-definite (P, P) matrix, else a ValueError that says why."""
-    K = np.asarray(K, dtype=np.float64)
+    K_in = np.asarray(K)
+    if np.issubdtype(K_in.dtype, np.floating):   # round-off of the input's own precision
+        tol = max(tol, 64 * float(np.finfo(K_in.dtype).eps))
+    K = K_in.astype(np.float64)
     if K.ndim != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"{argname} must be a square (P, P) matrix; got shape {K.shape}")
     if P is not None and K.shape[0] != P:
@@ -66,3 +71,8 @@ def kernel_matrix(K, argname: str = "Kx", P: int | None = None, tol: float = 1e-
         raise ValueError(f"{argname} must be symmetric positive semi-definite; "
                          f"smallest eigenvalue is {lam:.3g}")
     return K
+
+
+def _x64() -> bool:
+    import jax
+    return bool(jax.config.jax_enable_x64)
