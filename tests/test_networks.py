@@ -132,30 +132,6 @@ def test_abc_exponents_match_yang_and_hu():
     assert nets.abc_exponents("standard")["b"] == (0.0, 0.5, 0.5)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(X=np.ones(5)), "X"),
-    (dict(X=np.full((6, 8), np.nan)), "X"),
-    (dict(y=np.ones(4)), "y"),
-    (dict(eta=-1.0), "eta"),
-    (dict(gamma0=0.0), "gamma0"),
-    (dict(steps=0), "steps"),
-    (dict(n_seeds=0), "n_seeds"),
-    (dict(width=0), "width"),
-    (dict(depth=0), "depth"),
-    (dict(activation="sigmoid"), "activation"),
-    (dict(parameterization="xavier"), "parameterization"),
-    (dict(record_every=4, steps=6), "record_every"),
-    (dict(X_test=np.ones((2, 3))), "X_test"),
-])
-def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
-    args = dict(X=np.asarray(TASK.X), y=np.asarray(TASK.y), depth=1, width=8, eta=0.1, steps=2,
-                key=jax.random.PRNGKey(0))
-    args.update(kwargs)
-    X, y = args.pop("X"), args.pop("y")
-    with pytest.raises(ValueError, match=match):
-        nets.train_mlp(X, y, **args)
-
-
 def test_coord_check_rejects_bad_input():
     with pytest.raises(ValueError, match="widths"):
         nets.coord_check(TASK.X, TASK.y, widths=[0, 8], parameterization="mup", eta=0.1,

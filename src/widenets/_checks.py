@@ -33,7 +33,7 @@ def choice(value, argname: str, options) -> str:
 def inputs(X, argname: str = "X") -> np.ndarray:
     X = np.asarray(X)
     if X.dtype.kind in "biu":   # integer or boolean features train as floats
-        X = X.astype(np.float64 if np.zeros(()).dtype == np.float64 and _x64() else np.float32)
+        X = X.astype(np.float64 if _x64() else np.float32)
     if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
         raise ValueError(f"{argname} must have shape (P, D) with P, D >= 1; got shape {X.shape}")
     if not np.all(np.isfinite(X)):
