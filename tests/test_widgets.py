@@ -42,3 +42,51 @@ def test_draw_lazy_training_works_for_tanh():
     gap = wn.widgets.draw_lazy_training(ax, TASK, width=64, depth=1, lr_fraction=0.5, steps=20,
                                         n_seeds=1, activation="tanh")
     assert np.isfinite(gap)
+
+
+
+def test_draw_nonlinear_plots_theory_and_networks():
+    fig, axes = plt.subplots(1, 3)
+    out = wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=1,
+                                    eta=0.5, steps=5, samples=64, width=32, n_seeds=2)
+    assert set(out) == {"dmft", "static", "networks", "alignment", "kurtosis", "kurtosis_networks"}
+    assert all(np.isfinite(v) for v in out.values())
+    assert out["dmft"] < 0.5 and out["networks"] < 0.5       # it trains: loss(0) = mean(y^2)/2 = 0.5
+    lines = axes[0].get_lines()                                # DMFT, static NTK, networks
+    assert len(lines) == 3 and all(len(ln.get_xdata()) == 6 for ln in lines)
+    assert len(axes[1].get_images()) == 1
+    assert axes[2].get_yscale() == "log" and len(axes[2].patches) > 0
+
+
+def test_draw_nonlinear_without_networks_and_deep_tanh():
+    fig, axes = plt.subplots(1, 3)
+    out = wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="tanh", depth=2,
+                                    eta=0.5, steps=3, samples=32, width=None)
+    assert out["networks"] is None and out["kurtosis_networks"] is None
+    assert np.isfinite(out["dmft"]) and np.isfinite(out["kurtosis"])
+    assert len(axes[0].get_lines()) == 2                       # DMFT and static NTK only
+
+
+def test_draw_nonlinear_refuses_deep_relu():
+    fig, axes = plt.subplots(1, 3)
+    with pytest.raises(ValueError, match="relu"):
+        wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=2,
+                                  eta=0.5, steps=3, samples=32, width=None)
+
+
+def test_excess_kurtosis_of_gaussian_and_laplace_samples():
+    rng = np.random.default_rng(0)
+    assert abs(wn.widgets._excess_kurtosis(rng.standard_normal(200_000))) < 0.05
+    assert abs(wn.widgets._excess_kurtosis(rng.laplace(size=200_000)) - 3.0) < 0.2
+
+
+def test_nonlinear_panel_is_an_ipywidgets_widget_and_explains_deep_relu(capsys):
+    import ipywidgets
+    panel = wn.widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.5, steps=3, samples=16, width=16,
+                                       n_seeds=1)
+    assert isinstance(panel, ipywidgets.Widget)
+    controls = {c.description: c for c in panel.children if hasattr(c, "description")}
+    assert set(controls) >= {"γ0", "activation", "depth L"}
+    assert controls["activation"].options == ("relu", "tanh", "erf", "linear")
+    controls["depth L"].value = 2                              # relu at depth 2: a message, no crash
+    assert "relu" in capsys.readouterr().out

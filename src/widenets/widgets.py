@@ -162,3 +162,119 @@ def deep_linear_panel(Kx, y, *, steps=100):
         depth=w.IntSlider(value=2, min=1, max=5, description="depth L", continuous_update=False),
         eta=w.FloatSlider(value=0.1, min=0.01, max=0.5, step=0.01, description="η",
                           continuous_update=False))
+
+
+def _excess_kurtosis(x, axis=0):
+    """Excess kurtosis ``E[(x - m)^4] / Var(x)^2 - 3`` along ``axis`` (0 for a Gaussian)."""
+    x = np.asarray(x, dtype=np.float64)
+    d = x - x.mean(axis=axis, keepdims=True)
+    return np.mean(d ** 4, axis=axis) / np.mean(d ** 2, axis=axis) ** 2 - 3.0
+
+
+def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075, steps=50,
+                   samples=1000, width=1000, n_seeds=4, key=None):
+    """Monte-Carlo DMFT of a nonlinear network against finite networks, on three axes.
+
+    Left: the loss of the DMFT (band: +-3 Monte-Carlo standard errors), of the static NTK (the
+    same solver at gamma0 = 0) and of ``n_seeds`` centred muP networks of width ``width`` (their
+    mean); middle: the DMFT's last-layer feature kernel Phi^L(T, T), samples ordered by target;
+    right: the density of the last layer's pre-activations h^L(T) on the first example, the DMFT's
+    ``samples`` single-site neurons against the networks' neurons (all seeds), with the Gaussian
+    of the DMFT's variance. ``width=None`` leaves the networks out (networks need gamma0 > 0).
+
+    Depth >= 2 needs a smooth activation (``dmft.nonlinear`` raises ``ValueError`` for relu).
+    Returns a dict: final losses (``"dmft"``, ``"static"``, ``"networks"``), the target
+    alignment of Phi^L(T) (``"alignment"``) and the excess kurtosis of h^L(T) averaged over the
+    examples (``"kurtosis"``, ``"kurtosis_networks"``); network entries are None without them.
+    """
+    from . import data, dmft
+    key = jax.random.PRNGKey(0) if key is None else key
+    k_dmft, k_net = jax.random.split(key)
+    X = jnp.asarray(X)
+    y = jnp.asarray(y, X.dtype)
+    Kx = data.input_kernel(X)
+    kw = dict(depth=depth, activation=activation, eta=eta, steps=steps, samples=samples,
+              key=k_dmft)
+    sol = dmft.nonlinear(Kx, y, gamma0=gamma0, **kw)
+    lazy = dmft.nonlinear(Kx, y, gamma0=0.0, **kw)
+    tr = None
+    if width is not None:
+        tr = nets.train_mlp(X, y, depth=depth, width=width, activation=activation,
+                            gamma0=gamma0, eta=eta, steps=steps, key=k_net,
+                            n_seeds=n_seeds, center=True)
+    ax_loss, ax_k, ax_h = axes
+    t = np.arange(steps + 1)
+    loss, err = np.asarray(sol.loss), 3 * np.asarray(sol.loss_stderr)
+    ax_loss.plot(t, loss, "k", label="DMFT")
+    ax_loss.fill_between(t, loss - err, loss + err, color="k", alpha=0.2, lw=0)
+    ax_loss.plot(t, np.asarray(lazy.loss), "k--", lw=1.2, label=r"static NTK ($\gamma_0$ = 0)")
+    if tr is not None:
+        ax_loss.plot(t, np.asarray(tr.loss.mean(0)), color="C1", ls=":", lw=2.2,
+                     label=f"networks, N = {width}")
+    ax_loss.set_xlabel("step $t$")
+    ax_loss.set_ylabel(r"$\mathcal{L}(t)$")
+    ax_loss.set_title(f"{activation}, L={depth}, $\\gamma_0$={gamma0:g}")
+    ax_loss.legend(fontsize=7)
+    order = np.argsort(np.asarray(y))
+    phi_T = np.asarray(sol.phi[-1, -1, :, -1, :])
+    align = float(kernels.target_alignment(phi_T, y))
+    ax_k.imshow(phi_T[np.ix_(order, order)], cmap="viridis")
+    ax_k.set_title(f"DMFT $\\Phi^L(T)$, alignment with $yy^\\top$ {align:.2f}")
+    ax_k.set_xticks([])
+    ax_k.set_yticks([])
+    h = np.asarray(sol.h[-1, -1])                                   # (S, P)
+    kurt = float(np.mean(_excess_kurtosis(h, axis=0)))
+    kurt_net, h_net = None, None
+    if tr is not None:
+        h_net = np.asarray(jax.vmap(lambda p: nets.forward(tr.net, p, X)[0][-1])(tr.params))
+        kurt_net = float(np.mean(_excess_kurtosis(h_net, axis=-1)))  # (seeds, P) -> mean
+        h_net = h_net[:, 0].ravel()
+    lim = float(np.max(np.abs(h[:, 0]))) if h_net is None else \
+        float(max(np.max(np.abs(h[:, 0])), np.max(np.abs(h_net))))
+    bins = np.linspace(-lim, lim, 41)
+    if h_net is not None:
+        ax_h.hist(h_net, bins=bins, density=True, color="C1", alpha=0.4,
+                  label=f"networks ($\\kappa$ = {kurt_net:.2f})")
+    ax_h.hist(h[:, 0], bins=bins, density=True, histtype="step", color="k", lw=1.5,
+              label=f"DMFT ($\\kappa$ = {kurt:.2f})")
+    sd = float(np.std(h[:, 0]))
+    ax_h.plot(bins, np.exp(-bins ** 2 / (2 * sd ** 2)) / np.sqrt(2 * np.pi * sd ** 2), "--",
+              color="0.5", lw=1, label="Gaussian")
+    ax_h.set_yscale("log")
+    ax_h.set_xlabel(r"$h^L_1(T)$")
+    ax_h.set_ylabel("density")
+    ax_h.set_title(r"pre-activations, $\kappa$: excess kurtosis")
+    ax_h.legend(fontsize=7)
+    return {"dmft": float(sol.loss[-1]), "static": float(lazy.loss[-1]),
+            "networks": None if tr is None else float(tr.loss[:, -1].mean()),
+            "alignment": align, "kurtosis": kurt, "kurtosis_networks": kurt_net}
+
+
+def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_seeds=4):
+    """ipywidgets panel (gamma0, activation, depth) around :func:`draw_nonlinear`.
+
+    ReLU with depth >= 2 is outside the solver's reach (its response functions contain a delta
+    function): the panel then prints the reason instead of a figure.
+    """
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    def show(gamma0, activation, depth):
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+        try:
+            draw_nonlinear(axes, X, y, gamma0=gamma0, activation=activation, depth=depth,
+                           eta=eta, steps=steps, samples=samples, width=width, n_seeds=n_seeds)
+        except ValueError as err:
+            plt.close(fig)
+            print(f"Not available: {err}")
+            return
+        fig.tight_layout()
+        plt.show()
+
+    return w.interactive(
+        show,
+        gamma0=w.FloatSlider(value=1.0, min=0.1, max=3.0, step=0.1, description="γ0",
+                             continuous_update=False),
+        activation=w.ToggleButtons(options=["relu", "tanh", "erf", "linear"], value="relu",
+                                   description="activation"),
+        depth=w.IntSlider(value=1, min=1, max=3, description="depth L", continuous_update=False))
