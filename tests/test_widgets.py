@@ -44,7 +44,6 @@ def test_draw_lazy_training_works_for_tanh():
     assert np.isfinite(gap)
 
 
-
 def test_draw_nonlinear_plots_theory_and_networks():
     fig, axes = plt.subplots(1, 3)
     out = wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=1,
@@ -67,20 +66,14 @@ def test_draw_nonlinear_without_networks_and_deep_tanh():
     assert len(axes[0].get_lines()) == 2                       # DMFT and static NTK only
 
 
-def test_draw_nonlinear_refuses_deep_relu():
+def test_draw_nonlinear_deep_relu():
     fig, axes = plt.subplots(1, 3)
-    with pytest.raises(ValueError, match="relu"):
-        wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=2,
-                                  eta=0.5, steps=3, samples=32, width=None)
+    out = wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=2,
+                                    eta=0.5, steps=3, samples=32, width=16, n_seeds=1)
+    assert all(np.isfinite(v) for v in out.values())
 
 
-def test_excess_kurtosis_of_gaussian_and_laplace_samples():
-    rng = np.random.default_rng(0)
-    assert abs(wn.widgets._excess_kurtosis(rng.standard_normal(200_000))) < 0.05
-    assert abs(wn.widgets._excess_kurtosis(rng.laplace(size=200_000)) - 3.0) < 0.2
-
-
-def test_nonlinear_panel_is_an_ipywidgets_widget_and_explains_deep_relu(capsys):
+def test_nonlinear_panel_is_an_ipywidgets_widget():
     import ipywidgets
     panel = wn.widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.5, steps=3, samples=16, width=16,
                                        n_seeds=1)
@@ -88,5 +81,5 @@ def test_nonlinear_panel_is_an_ipywidgets_widget_and_explains_deep_relu(capsys):
     controls = {c.description: c for c in panel.children if hasattr(c, "description")}
     assert set(controls) >= {"γ0", "activation", "depth L"}
     assert controls["activation"].options == ("relu", "tanh", "erf", "linear")
-    controls["depth L"].value = 2                              # relu at depth 2: a message, no crash
-    assert "relu" in capsys.readouterr().out
+    controls["depth L"].value = 2                              # re-draws without an error
+    assert controls["depth L"].value == 2

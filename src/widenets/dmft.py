@@ -254,6 +254,10 @@ def deep_linear(Kx, y, *, depth, gamma0, eta, steps, method="causal", responses=
     """
     Kx, y, depth, gamma0, eta, steps = _validate(Kx, y, depth, gamma0, eta, steps)
     _checks.choice(method, "method", ("causal", "picard"))
+    _checks.choice(update, "update", ("euler", "exact"))
+    if update == "exact" and gamma0 == 0:
+        raise ValueError("gamma0 must be > 0 for update='exact' (at gamma0 = 0 use 'euler', "
+                         "which is then exact)")
     if method == "picard" and update == "exact":
         raise ValueError("update='exact' is only available with method='causal'")
     if not 0 < damping <= 1:
@@ -295,7 +299,7 @@ def deep_linear(Kx, y, *, depth, gamma0, eta, steps, method="causal", responses=
                         phi=Phi.reshape(depth, T1, P, T1, P), g=G, residuals=residuals,
                         converged=converged, method=method,
                         params=dict(depth=depth, gamma0=gamma0, eta=eta, steps=steps,
-                                    responses=responses))
+                                    responses=responses, update=update))
 
 
 def _monte_carlo(activation, samples, key, what):
@@ -395,8 +399,8 @@ def perturbative(Kx, y, *, depth, gamma0, eta, steps, activation="linear", sampl
 # and times), A^l(t,s) = <d phi(h^l(t)) / d r^l(s)> (strictly causal) and
 # B^l(t,s) = <d g^{l+1}(t) / d u^{l+1}(s)>, which has an equal-time part s = t: in gradient descent
 # the backward pass at step t runs through the pre-activations of the same step, so
-# d g(t)/d u(t) = phi''(h(t)) z(t). (It vanishes for linear networks and is a delta function, which
-# autodiff cannot see, for ReLU; deep networks therefore need a smooth activation.)
+# d g(t)/d u(t) = phi''(h(t)) z(t). (It vanishes for linear networks; for ReLU it is a delta
+# function, which autodiff cannot see: :func:`_derivatives` estimates it with a Gaussian kernel.)
 #
 # Monte Carlo: S single-site neurons per layer. Sources are drawn from the *sampled* kernels by
 # random projection, u^{l+1}_i(t) = sum_j Xi_ij phi(h^l_j(t)) / sqrt(S) with Xi = sqrt(S) times a
@@ -411,14 +415,23 @@ def perturbative(Kx, y, *, depth, gamma0, eta, steps, activation="linear", sampl
 # of probes avoids this). All of it is causal, so one pass over time (lax.scan) solves the
 # equations: there is no outer fixed-point iteration.
 
-_SMOOTH = ("linear", "tanh", "erf")
-
-
 def _derivatives(name):
+    """phi, phi' and phi'' (elementwise, on the (S, P) fields of S sampled neurons).
+
+    For ReLU, phi'' is the delta function, whose averages (the equal-time response
+    <delta(h) z>) the samples cannot resolve pointwise: it is replaced by a Gaussian kernel of
+    Silverman's bandwidth 1.06 sd(h) S^(-1/5) per example, a consistent estimator of those
+    averages (bias O(bandwidth^2), noise O((S bandwidth)^-1/2)).
+    """
     from .nets import activation_fn
     phi = activation_fn(name)
     d1 = lambda h: jax.jvp(phi, (h,), (jnp.ones_like(h),))[1]        # elementwise phi'
-    d2 = lambda h: jax.jvp(d1, (h,), (jnp.ones_like(h),))[1]         # elementwise phi''
+    if name == "relu":
+        def d2(h):
+            eps = 1.06 * jnp.std(h, axis=0) * h.shape[0] ** -0.2 + jnp.finfo(h.dtype).tiny
+            return jnp.exp(-0.5 * (h / eps) ** 2) / (jnp.sqrt(2 * jnp.pi) * eps)
+    else:
+        d2 = lambda h: jax.jvp(d1, (h,), (jnp.ones_like(h),))[1]     # elementwise phi''
     return phi, d1, d2
 
 
@@ -645,10 +658,6 @@ def _stderr(rep_delta, repeats):
 def _mc_validate(Kx, y, depth, activation, gamma0, eta, steps, samples, repeats, probes):
     Kx, y, depth, gamma0, eta, steps = _validate(Kx, y, depth, gamma0, eta, steps)
     _checks.choice(activation, "activation", _checks.ACTIVATIONS)
-    if depth >= 2 and activation not in _SMOOTH:
-        raise ValueError(f"activation={activation!r} is not supported for depth >= 2: the response "
-                         "functions of deep nets need phi'' (a delta function for relu); use one "
-                         f"of {_SMOOTH}, or depth=1")
     samples = _checks.positive_int(samples, "samples", minimum=2)
     repeats = _checks.positive_int(repeats, "repeats", minimum=2)
     if probes is not None:
@@ -685,8 +694,8 @@ def nonlinear(Kx, y, *, depth, activation, gamma0, eta, steps, samples, key, rep
 
     Args:
       Kx: input Gram matrix (P, P). y: targets (P,).
-      depth: hidden layers L >= 1. Depth >= 2 needs a twice-differentiable activation
-        (``"tanh"``, ``"erf"``, ``"linear"``): the response functions contain phi''.
+      depth: hidden layers L >= 1. For depth >= 2 the response functions contain phi'', a
+        delta function for ReLU, estimated with a Gaussian kernel (see :func:`_derivatives`).
       activation: ``"relu"``, ``"tanh"``, ``"erf"`` or ``"linear"``.
       gamma0: richness >= 0 (0 = the static NTK). eta: learning rate. steps: T.
       samples: number S of sampled neurons per layer (Monte-Carlo error ~ 1/sqrt(S)).

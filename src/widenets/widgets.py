@@ -164,13 +164,6 @@ def deep_linear_panel(Kx, y, *, steps=100):
                           continuous_update=False))
 
 
-def _excess_kurtosis(x, axis=0):
-    """Excess kurtosis ``E[(x - m)^4] / Var(x)^2 - 3`` along ``axis`` (0 for a Gaussian)."""
-    x = np.asarray(x, dtype=np.float64)
-    d = x - x.mean(axis=axis, keepdims=True)
-    return np.mean(d ** 4, axis=axis) / np.mean(d ** 2, axis=axis) ** 2 - 3.0
-
-
 def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075, steps=50,
                    samples=1000, width=1000, n_seeds=4, key=None):
     """Monte-Carlo DMFT of a nonlinear network against finite networks, on three axes.
@@ -181,12 +174,12 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
     right: the density of the last layer's pre-activations h^L(T) on the first example, the DMFT's
     ``samples`` single-site neurons against the networks' neurons (all seeds), with the Gaussian
     of the DMFT's variance. ``width=None`` leaves the networks out (networks need gamma0 > 0).
-
-    Depth >= 2 needs a smooth activation (``dmft.nonlinear`` raises ``ValueError`` for relu).
     Returns a dict: final losses (``"dmft"``, ``"static"``, ``"networks"``), the target
     alignment of Phi^L(T) (``"alignment"``) and the excess kurtosis of h^L(T) averaged over the
     examples (``"kurtosis"``, ``"kurtosis_networks"``); network entries are None without them.
     """
+    from scipy.stats import kurtosis   # excess kurtosis: 0 for a Gaussian
+
     from . import data, dmft
     key = jax.random.PRNGKey(0) if key is None else key
     k_dmft, k_net = jax.random.split(key)
@@ -196,7 +189,7 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
     kw = dict(depth=depth, activation=activation, eta=eta, steps=steps, samples=samples,
               key=k_dmft)
     sol = dmft.nonlinear(Kx, y, gamma0=gamma0, **kw)
-    lazy = dmft.nonlinear(Kx, y, gamma0=0.0, **kw)
+    lazy = dmft.static_ntk(Kx, y, **kw)
     tr = None
     if width is not None:
         tr = nets.train_mlp(X, y, depth=depth, width=width, activation=activation,
@@ -223,11 +216,11 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
     ax_k.set_xticks([])
     ax_k.set_yticks([])
     h = np.asarray(sol.h[-1, -1])                                   # (S, P)
-    kurt = float(np.mean(_excess_kurtosis(h, axis=0)))
+    kurt = float(np.mean(kurtosis(h, axis=0)))
     kurt_net, h_net = None, None
     if tr is not None:
         h_net = np.asarray(jax.vmap(lambda p: nets.forward(tr.net, p, X)[0][-1])(tr.params))
-        kurt_net = float(np.mean(_excess_kurtosis(h_net, axis=-1)))  # (seeds, P) -> mean
+        kurt_net = float(np.mean(kurtosis(h_net, axis=-1)))  # (seeds, P) -> mean
         h_net = h_net[:, 0].ravel()
     lim = float(np.max(np.abs(h[:, 0]))) if h_net is None else \
         float(max(np.max(np.abs(h[:, 0])), np.max(np.abs(h_net))))
@@ -251,23 +244,14 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
 
 
 def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_seeds=4):
-    """ipywidgets panel (gamma0, activation, depth) around :func:`draw_nonlinear`.
-
-    ReLU with depth >= 2 is outside the solver's reach (its response functions contain a delta
-    function): the panel then prints the reason instead of a figure.
-    """
+    """ipywidgets panel (gamma0, activation, depth) around :func:`draw_nonlinear`."""
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
     def show(gamma0, activation, depth):
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-        try:
-            draw_nonlinear(axes, X, y, gamma0=gamma0, activation=activation, depth=depth,
-                           eta=eta, steps=steps, samples=samples, width=width, n_seeds=n_seeds)
-        except ValueError as err:
-            plt.close(fig)
-            print(f"Not available: {err}")
-            return
+        draw_nonlinear(axes, X, y, gamma0=gamma0, activation=activation, depth=depth, eta=eta,
+                       steps=steps, samples=samples, width=width, n_seeds=n_seeds)
         fig.tight_layout()
         plt.show()
 
