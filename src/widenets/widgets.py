@@ -12,6 +12,21 @@ import numpy as np
 from . import kernels, nets
 
 
+def _panel(draw, *, ncols, figsize, **controls):
+    """An ipywidgets panel: each change of a control draws a new figure of ``ncols`` axes with
+    ``draw(axes, **values)`` (one Axes when ``ncols == 1``)."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    def show(**values):
+        fig, axes = plt.subplots(1, ncols, figsize=figsize)
+        draw(axes, **values)
+        fig.tight_layout()
+        plt.show()
+
+    return w.interactive(show, **controls)
+
+
 def draw_lazy_training(ax, task, *, width, depth, lr_fraction, steps=100, n_seeds=2,
                        activation="relu", key=None, legend=True):
     """Training loss of NTK-parameterised nets against the analytic-NTK predictor.
@@ -51,16 +66,9 @@ def draw_lazy_training(ax, task, *, width, depth, lr_fraction, steps=100, n_seed
 def lazy_training_panel(task, *, widths=(64, 256, 1024, 4096), steps=100):
     """ipywidgets panel (width, depth, learning rate) around :func:`draw_lazy_training`."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
 
-    def show(width, depth, lr_fraction):
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        draw_lazy_training(ax, task, width=width, depth=depth, lr_fraction=lr_fraction,
-                           steps=steps)
-        plt.show()
-
-    return w.interactive(
-        show,
+    return _panel(
+        lambda ax, **v: draw_lazy_training(ax, task, steps=steps, **v), ncols=1, figsize=(5.5, 3.8),
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
                                 continuous_update=False),
         depth=w.IntSlider(value=2, min=1, max=4, description="depth L", continuous_update=False),
@@ -97,17 +105,10 @@ def draw_feature_learning(axes, task, *, width, gamma0, parameterization="mup", 
 def feature_learning_panel(task, *, widths=(64, 256, 1024), steps=200):
     """ipywidgets panel (gamma0, width, parameterisation) around :func:`draw_feature_learning`."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
 
-    def show(gamma0, width, parameterization):
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-        draw_feature_learning(axes, task, width=width, gamma0=gamma0,
-                              parameterization=parameterization, steps=steps)
-        fig.tight_layout()
-        plt.show()
-
-    return w.interactive(
-        show,
+    return _panel(
+        lambda axes, **v: draw_feature_learning(axes, task, steps=steps, **v), ncols=2,
+        figsize=(9, 3.6),
         gamma0=w.FloatLogSlider(value=1.0, base=10, min=-1.5, max=0.5, description="γ0",
                                 continuous_update=False),
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
@@ -147,16 +148,10 @@ def draw_deep_linear(axes, Kx, y, *, gamma0, depth, eta, steps=100):
 def deep_linear_panel(Kx, y, *, steps=100):
     """ipywidgets panel (gamma0, depth, eta) around :func:`draw_deep_linear`."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
 
-    def show(gamma0, depth, eta):
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-        draw_deep_linear(axes, Kx, y, gamma0=gamma0, depth=depth, eta=eta, steps=steps)
-        fig.tight_layout()
-        plt.show()
-
-    return w.interactive(
-        show,
+    return _panel(
+        lambda axes, **v: draw_deep_linear(axes, Kx, y, steps=steps, **v), ncols=2,
+        figsize=(9, 3.6),
         gamma0=w.FloatSlider(value=1.0, min=0.0, max=3.0, step=0.1, description="γ0",
                              continuous_update=False),
         depth=w.IntSlider(value=2, min=1, max=5, description="depth L", continuous_update=False),
@@ -246,17 +241,11 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
 def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_seeds=4):
     """ipywidgets panel (gamma0, activation, depth) around :func:`draw_nonlinear`."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
 
-    def show(gamma0, activation, depth):
-        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-        draw_nonlinear(axes, X, y, gamma0=gamma0, activation=activation, depth=depth, eta=eta,
-                       steps=steps, samples=samples, width=width, n_seeds=n_seeds)
-        fig.tight_layout()
-        plt.show()
-
-    return w.interactive(
-        show,
+    return _panel(
+        lambda axes, **v: draw_nonlinear(axes, X, y, eta=eta, steps=steps, samples=samples,
+                                         width=width, n_seeds=n_seeds, **v),
+        ncols=3, figsize=(14, 3.8),
         gamma0=w.FloatSlider(value=1.0, min=0.1, max=3.0, step=0.1, description="γ0",
                              continuous_update=False),
         activation=w.ToggleButtons(options=["relu", "tanh", "erf", "linear"], value="relu",
