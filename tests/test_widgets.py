@@ -83,3 +83,21 @@ def test_nonlinear_panel_is_an_ipywidgets_widget():
     assert controls["activation"].options == ("relu", "tanh", "erf", "linear")
     controls["depth L"].value = 2                              # re-draws without an error
     assert controls["depth L"].value == 2
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda: wn.widgets.feature_learning_panel(TASK, widths=(16, 32), steps=3),
+     {"γ0", "width N", "param."}),
+    (lambda: wn.widgets.deep_linear_panel(wn.data.input_kernel(TASK.X), TASK.y, steps=3),
+     {"γ0", "depth L", "η"}),
+])
+def test_every_panel_draws_its_figure_from_its_controls(make, names):
+    import ipywidgets
+    plt.close("all")
+    panel = make()                     # the panel draws once on creation (outside a kernel a
+    assert isinstance(panel, ipywidgets.Widget)   # failing callback only logs: check the figure)
+    controls = {c.description: c for c in panel.children if hasattr(c, "description")}
+    assert set(controls) >= names
+    figs = [plt.figure(n) for n in plt.get_fignums()]
+    assert len(figs) == 1 and len(figs[0].axes) >= 2
+    assert all(ax.has_data() for ax in figs[0].axes[:2])
