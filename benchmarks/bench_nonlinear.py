@@ -178,7 +178,7 @@ def main():
                             (10, 50, 1000, deep), (10, 200, 1000, deep), (5, 100, 1000, deep),
                             (20, 100, 1000, deep), (10, 100, 2000, deep),
                             (10, 100, 4000, deep)]:
-            rows.append(setting(P, T, S, run_baseline=False, **kw))
+            rows.append(setting(P, T, S, run_baseline=False, repeats=1, **kw))
             print(json.dumps(rows[-1]), flush=True)
     out = pathlib.Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

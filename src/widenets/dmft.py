@@ -28,6 +28,13 @@ the forward fields h from the bottom up. :func:`deep_linear` therefore solves th
 returned ``residuals`` measure how well the answer satisfies the dense fixed-point equations
 (evaluated independently by :func:`_dense_map`), and ``method="picard"`` solves those dense
 equations by damped iteration instead (the textbook approach, kept as a cross-check).
+
+Nonlinear networks (:func:`nonlinear`, Chapter 4): the fields are no longer linear in their
+sources, so the averages are estimated from S sampled single-site neurons per layer, again in
+one causal pass; the response functions of deep networks are estimated with random tangent
+probes (see the comment block of that section). :func:`static_ntk`,
+:func:`gradient_independence` and :func:`perturbative` take ``activation`` (default
+``"linear"``, exact) and, for a nonlinear one, ``samples`` and ``key``.
 """
 from __future__ import annotations
 
@@ -409,10 +416,13 @@ def perturbative(Kx, y, *, depth, gamma0, eta, steps, activation="linear", sampl
 # responses are estimated with random probes: each neuron carries `probes` tangent fields,
 # pushed forward in time by the linearised field equations (forward-mode, exact), and
 # <J> ~ (1/(S K)) sum_{i,k} J_i v_ik v_ik^T with E[v v^T] = 1 (Hutchinson). With S K >= (T+1) P
-# the S K probe vectors are drawn orthonormal (times sqrt(S K)), so sum v v^T = S K exactly and a
-# Jacobian shared by all neurons is recovered without error; with fewer, the estimate picks up
-# a noise of relative size ~ sqrt((T+1) P / (S K)) that biases the kernels (the default number
-# of probes avoids this). All of it is causal, so one pass over time (lax.scan) solves the
+# the S K probe vectors are the rows of sqrt(S K) times a random matrix with orthonormal columns,
+# so sum v v^T = S K exactly and a Jacobian shared by all neurons is recovered without error;
+# every entry of the estimate still mixes all neurons, which matters for ReLU, whose
+# per-neuron Jacobians are heavy-tailed (coordinate probes, one source direction per tangent,
+# need no QR but were measured 2-3x further from networks for deep ReLU). With fewer probes,
+# Gaussian ones pick up a noise of relative size ~ sqrt((T+1) P / (S K)) that biases the kernels
+# (the default number of probes avoids this). All of it is causal, so one pass over time (lax.scan) solves the
 # equations: there is no outer fixed-point iteration.
 
 def _derivatives(name):
@@ -462,7 +472,8 @@ def _mc_noise(Kx, key, *, depth, steps, samples, probes, responses):
 
     def probe(kk):
         if S * K >= T1 * P:
-            return jax.vmap(lambda q: _orthonormal(q, S * K, T1 * P, dt))(jax.random.split(kk, nA))
+            return jax.vmap(lambda q: _orthonormal(q, S * K, T1 * P, dt))(
+                jax.random.split(kk, nA))
         return jax.random.normal(kk, (nA, S * K, T1 * P), dt)
 
     return dict(u1=white @ root.T,                          # u^1 ~ N(0, Kx), constant in time
@@ -741,8 +752,8 @@ def nonlinear(Kx, y, *, depth, activation, gamma0, eta, steps, samples, key, rep
     return _finish(state["delta"][:T1], _stderr(r_state["delta"][:, :T1], repeats),
                    state["ntk"], state["Phi"], state["G"], h, z, method="causal-monte-carlo",
                    params=dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
-                               steps=steps, samples=samples, repeats=repeats, probes=K_main,
-                               responses=responses))
+                               steps=steps, samples=samples, repeats=repeats,
+                               probes=K_main if responses else 0, responses=responses))
 
 
 @partial(jax.jit, static_argnames=("activation", "responses"))
@@ -795,4 +806,5 @@ def _perturbative_mc(Kx, y, *, depth, activation, gamma0, eta, steps, samples, k
     return _finish(delta, _stderr(jax.vmap(errors)(r_ntk), repeats), ntk, list(Phi), list(G),
                    empty, empty, method="perturbative-monte-carlo", what="perturbative solve",
                    params=dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
-                               steps=steps, samples=S, repeats=repeats, probes=K_main))
+                               steps=steps, samples=S, repeats=repeats,
+                               probes=K_main if responses else 0))
