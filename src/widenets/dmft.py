@@ -181,6 +181,13 @@ def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="e
             jnp.stack(final["Hr"]), jnp.stack(final["Gu"]))
 
 
+def _euler_errors(y, ntk, eta):
+    """Errors ``Delta(t)`` (T+1, P) of the Euler dynamics ``Delta(t+1) = Delta(t) - (eta/P) K(t)
+    Delta(t)`` from ``Delta(0) = y``, given the NTK ``K(t)`` at every step (T+1, P, P)."""
+    c = eta / y.shape[0]
+    return jax.lax.scan(lambda d, Kt: (d - c * Kt @ d, d), y, ntk)[1]
+
+
 # ----------------------------------------------------------------------------- dense map
 @partial(jax.jit, static_argnames=("responses",))
 def _dense_map(Kx, y, gamma0, eta, delta, Phi, G, Hr, Gu, *, responses=True):
@@ -226,11 +233,7 @@ def _dense_map(Kx, y, gamma0, eta, delta, Phi, G, Hr, Gu, *, responses=True):
     K = gdiag[0][:, None, None] * Kx[None] + sum(g_up[l][:, None, None] * diag(Phi_n[l])
                                                    for l in range(L))
 
-    def euler(d, Kt):
-        return d - c * Kt @ d, d
-
-    _, delta_n = jax.lax.scan(euler, y, K)
-    return delta_n, K, Phi_n, G_n, jnp.stack(new["Hr"]), jnp.stack(new["Gu"])
+    return _euler_errors(y, K, eta), K, Phi_n, G_n, jnp.stack(new["Hr"]), jnp.stack(new["Gu"])
 
 
 def _residual(old, new):
@@ -379,10 +382,7 @@ def perturbative(Kx, y, *, depth, gamma0, eta, steps, activation="linear", sampl
     second = jax.jvp(lambda g: jax.jvp(kernels, (g,), (one,))[1], (zero,), (one,))[1]
     ntk, Phi, G = (b + 0.5 * gamma0 ** 2 * s for b, s in zip(base, second))
 
-    def euler(d, Kt):
-        return d - (eta / Kx.shape[0]) * Kt @ d, d
-
-    _, delta = jax.lax.scan(euler, y, ntk)
+    delta = _euler_errors(y, ntk, eta)
     T1, P = steps + 1, Kx.shape[0]
     finite = bool(jnp.all(jnp.isfinite(delta)))
     if not finite:
@@ -523,7 +523,7 @@ def _mc_chunk_impl(state, noise, Kx, gamma0, eta, t0, *, activation, chunk, resp
         s = {k: (list(v) if isinstance(v, list) else v) for k, v in s.items()}
         past, upto = (t_of < t).astype(dt), (t_of <= t).astype(dt)
         dflat = s["delta"][:T1].reshape(-1) * past          # Delta(s) on (s, nu), zero for s >= t
-        ph, dph, d2ph, hs, a_rows, dhA, dhB = [], [], [], [], [], {}, {}
+        ph, dph, d2ph, hs, dhA, dhB = [], [], [], [], {}, {}
         # forward fields h^l(t), from the input up (they need g only at earlier times)
         for l in range(L):
             phi_dn = Kx_row if l == 0 else rows(s["Phi"][l - 1], t)
@@ -536,7 +536,6 @@ def _mc_chunk_impl(state, noise, Kx, gamma0, eta, t0, *, activation, chunk, resp
             s["F"][l] = put_col(s["F"][l], t, p)
             s["Phi"][l] = put_sym(s["Phi"][l], t, p.T @ s["F"][l] / S)
             hs.append(h), ph.append(p), dph.append(dphi(h)), d2ph.append(d2phi(h))
-            a_rows.append(a_row)
             if responses and l < L - 1:                     # tangent w.r.t. r^l: A^l(t, .)
                 dh = s["dGA"][l] @ a_row.T                  # (S K, P)
                 dp = jnp.repeat(dph[l], K, axis=0) * dh
@@ -797,9 +796,7 @@ def _perturbative_mc(Kx, y, *, depth, activation, gamma0, eta, steps, samples, k
     ntk, Phi, G = truncate(*_mc_second_order(state, noise, Kx, et, **run))
     r_ntk = truncate(*_mc_second_order_batched(r_state, r_noise, Kx, et, **run))[0]
 
-    def errors(ntk_t):
-        return jax.lax.scan(lambda d, Kt: (d - (eta / Kx.shape[0]) * Kt @ d, d), y, ntk_t)[1]
-
+    errors = lambda ntk_t: _euler_errors(y, ntk_t, eta)
     delta = errors(ntk)
     T1, S = steps + 1, samples
     empty = jnp.zeros((depth, T1, 0, Kx.shape[0]), Kx.dtype)   # no sampled fields to report
