@@ -14,6 +14,8 @@ def positive_int(value, argname: str, minimum: int = 1) -> int:
 
 
 def nonnegative(value, argname: str, strict: bool = False) -> float:
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"{argname} must be a real number; got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -24,8 +26,66 @@ def nonnegative(value, argname: str, strict: bool = False) -> float:
     return v
 
 
+def flag(value, argname: str) -> bool:
+    """A genuine boolean (``"no"`` or ``2`` are refused rather than read as True)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{argname} must be True or False; got {value!r}")
+
+
+def prng_key(key, argname: str = "key"):
+    """A JAX PRNG key; an integer seed is accepted and turned into ``jax.random.PRNGKey(seed)``."""
+    import jax
+    import jax.numpy as jnp
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.PRNGKey(int(key))
+    arr = None
+    if isinstance(key, (jax.Array, np.ndarray)):
+        arr = key if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else jnp.asarray(key)
+    if arr is not None and (jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key)
+                            and arr.shape == ()
+                            or arr.dtype == jnp.uint32 and arr.shape == (2,)):
+        return arr
+    raise ValueError(f"{argname} must be a JAX PRNG key (jax.random.PRNGKey(seed) or "
+                     f"jax.random.key(seed)) or an integer seed; got {key!r}")
+
+
+def memory_limit() -> int:
+    """Bytes a single request may use: 70% of the accelerator's memory, or of the machine's
+    physical memory on a CPU (``WIDENETS_MEMORY_LIMIT`` overrides, in bytes)."""
+    import os
+    env = os.environ.get("WIDENETS_MEMORY_LIMIT")
+    if env:
+        return int(float(env))
+    try:
+        import jax
+        dev = jax.devices()[0]
+        if dev.platform != "cpu":
+            stats = dev.memory_stats() or {}
+            if stats.get("bytes_limit"):
+                return int(0.7 * stats["bytes_limit"])
+    except Exception:   # no backend details: fall back to the host's memory
+        pass
+    return int(0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def fits(nbytes: float, argname: str, what: str) -> None:
+    """Refuse a request whose estimated memory exceeds :func:`memory_limit`, before allocating.
+
+    ``argname`` names the argument to reduce; ``what`` describes the request.
+    """
+    limit = memory_limit()
+    if nbytes > limit:
+        raise ValueError(f"{what} would need about {_gib(nbytes)} of memory, more than the "
+                         f"{_gib(limit)} available here: reduce {argname}")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
 def choice(value, argname: str, options) -> str:
-    if value not in options:
+    if not isinstance(value, str) or value not in options:
         raise ValueError(f"{argname} must be one of {tuple(options)}; got {value!r}")
     return value
 
