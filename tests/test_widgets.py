@@ -1,4 +1,4 @@
-"""widenets.widgets: the static drawing function and the live slider panel (Agg backend)."""
+"""widenets.widgets: the static drawing functions and the live slider panels (Agg backend)."""
 import jax
 import matplotlib
 import numpy as np
@@ -8,8 +8,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import widenets as wn  # noqa: E402
+from widenets import widgets  # noqa: E402
 
 TASK = wn.data.gaussian_task(jax.random.PRNGKey(0), 6, 8, P_test=4)
+NO_TEST = wn.data.gaussian_task(jax.random.PRNGKey(0), 6, 8)
+KX = wn.data.input_kernel(TASK.X)
 
 
 @pytest.fixture(autouse=True)
@@ -20,8 +23,8 @@ def close_figures():
 
 def test_draw_lazy_training_returns_a_finite_test_gap():
     fig, ax = plt.subplots()
-    gap = wn.widgets.draw_lazy_training(ax, TASK, width=64, depth=1, lr_fraction=0.5, steps=20,
-                                        n_seeds=1)
+    gap = widgets.draw_lazy_training(ax, TASK, width=64, depth=1, lr_fraction=0.5, steps=20,
+                                     n_seeds=1)
     assert isinstance(gap, float) and np.isfinite(gap) and gap >= 0
     lines = ax.get_lines()
     assert len(lines) == 2                          # the network and the NTK predictor
@@ -29,25 +32,37 @@ def test_draw_lazy_training_returns_a_finite_test_gap():
     assert all(np.all(np.isfinite(ln.get_ydata())) for ln in lines)
 
 
+def test_draw_lazy_training_gap_shrinks_with_width_for_tanh():
+    """The test gap to the NTK predictor is a finite-width effect: width 1024 beats width 16
+    (the N^-1/2 law predicts a factor 8; an integer seed works as the key)."""
+    gaps = []
+    for width in (16, 1024):
+        fig, ax = plt.subplots()
+        gaps.append(widgets.draw_lazy_training(ax, TASK, width=width, depth=1, lr_fraction=0.5,
+                                               steps=20, n_seeds=1, activation="tanh", key=3))
+    assert np.all(np.isfinite(gaps)) and gaps[1] < gaps[0] / 2, gaps
+
+
+def test_draw_feature_learning_returns_the_final_loss_and_an_alignment():
+    fig, axes = plt.subplots(1, 2)
+    loss, align = widgets.draw_feature_learning(axes, TASK, width=32, gamma0=1.0, steps=10)
+    assert np.isfinite(loss) and -1 <= align <= 1
+    assert axes[0].get_lines()[0].get_ydata()[-1] == pytest.approx(loss, rel=1e-6)
+    assert len(axes[1].get_images()) == 1
+
+
 def test_lazy_training_panel_is_an_ipywidgets_widget():
     import ipywidgets
-    panel = wn.widgets.lazy_training_panel(TASK, widths=(32, 64), steps=5)
+    panel = widgets.lazy_training_panel(TASK, widths=(32, 64), steps=5)
     assert isinstance(panel, ipywidgets.Widget)
     sliders = {c.description: c for c in panel.children if hasattr(c, "description")}
     assert sliders["width N"].options == (32, 64) and sliders["width N"].value == 64
 
 
-def test_draw_lazy_training_works_for_tanh():
-    fig, ax = plt.subplots()
-    gap = wn.widgets.draw_lazy_training(ax, TASK, width=64, depth=1, lr_fraction=0.5, steps=20,
-                                        n_seeds=1, activation="tanh")
-    assert np.isfinite(gap)
-
-
 def test_draw_nonlinear_plots_theory_and_networks():
     fig, axes = plt.subplots(1, 3)
-    out = wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=1,
-                                    eta=0.5, steps=5, samples=64, width=32, n_seeds=2)
+    out = widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=1,
+                                 eta=0.5, steps=5, samples=64, width=32, n_seeds=2)
     assert set(out) == {"dmft", "static", "networks", "alignment", "kurtosis", "kurtosis_networks"}
     assert all(np.isfinite(v) for v in out.values())
     assert out["dmft"] < 0.5 and out["networks"] < 0.5       # it trains: loss(0) = mean(y^2)/2 = 0.5
@@ -59,8 +74,8 @@ def test_draw_nonlinear_plots_theory_and_networks():
 
 def test_draw_nonlinear_without_networks_and_deep_tanh():
     fig, axes = plt.subplots(1, 3)
-    out = wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="tanh", depth=2,
-                                    eta=0.5, steps=3, samples=32, width=None)
+    out = widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="tanh", depth=2,
+                                 eta=0.5, steps=3, samples=32, width=None)
     assert out["networks"] is None and out["kurtosis_networks"] is None
     assert np.isfinite(out["dmft"]) and np.isfinite(out["kurtosis"])
     assert len(axes[0].get_lines()) == 2                       # DMFT and static NTK only
@@ -68,15 +83,15 @@ def test_draw_nonlinear_without_networks_and_deep_tanh():
 
 def test_draw_nonlinear_deep_relu():
     fig, axes = plt.subplots(1, 3)
-    out = wn.widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=2,
-                                    eta=0.5, steps=3, samples=32, width=16, n_seeds=1)
+    out = widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=2,
+                                 eta=0.5, steps=3, samples=32, width=16, n_seeds=1)
     assert all(np.isfinite(v) for v in out.values())
 
 
 def test_nonlinear_panel_is_an_ipywidgets_widget():
     import ipywidgets
-    panel = wn.widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.5, steps=3, samples=16, width=16,
-                                       n_seeds=1)
+    panel = widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.1, steps=3, samples=16, width=16,
+                                    n_seeds=1)
     assert isinstance(panel, ipywidgets.Widget)
     controls = {c.description: c for c in panel.children if hasattr(c, "description")}
     assert set(controls) >= {"γ0", "activation", "depth L"}
@@ -86,10 +101,9 @@ def test_nonlinear_panel_is_an_ipywidgets_widget():
 
 
 @pytest.mark.parametrize("make, names", [
-    (lambda: wn.widgets.feature_learning_panel(TASK, widths=(16, 32), steps=3),
+    (lambda: widgets.feature_learning_panel(TASK, widths=(16, 32), steps=3),
      {"γ0", "width N", "param."}),
-    (lambda: wn.widgets.deep_linear_panel(wn.data.input_kernel(TASK.X), TASK.y, steps=3),
-     {"γ0", "depth L", "η"}),
+    (lambda: widgets.deep_linear_panel(KX, TASK.y, steps=3), {"γ0", "depth L", "η"}),
 ])
 def test_every_panel_draws_its_figure_from_its_controls(make, names):
     import ipywidgets
@@ -101,3 +115,120 @@ def test_every_panel_draws_its_figure_from_its_controls(make, names):
     figs = [plt.figure(n) for n in plt.get_fignums()]
     assert len(figs) == 1 and len(figs[0].axes) >= 2
     assert all(ax.has_data() for ax in figs[0].axes[:2])
+
+
+# ----------------------------------------------------------------------------- bad input
+# Panels are checked before they are built: an error inside a panel's callback is only logged.
+def _ax(n=1):
+    axes = plt.subplots(1, n)[1]
+    return axes
+
+
+LAZY = dict(task=TASK, width=16, depth=1, lr_fraction=0.5, steps=2, n_seeds=1)
+FEATURE = dict(task=TASK, width=16, gamma0=1.0, steps=2)
+DEEP = dict(Kx=KX, y=TASK.y, gamma0=1.0, depth=1, eta=0.1, steps=2)
+NONLIN = dict(X=TASK.X, y=TASK.y, gamma0=1.0, steps=2, samples=16, width=8, n_seeds=1)
+NAN_TASK = TASK._replace(X=np.where(np.eye(6, 8) > 0, np.nan, TASK.X))
+
+
+def _bad(fn, n_axes, base, match, /, **change):
+    label = "-".join(f"{k}={v!r}"[:24] for k, v in change.items())
+    return pytest.param(fn, n_axes, {**base, **change}, match, id=f"{fn.__name__}-{label}")
+
+
+BAD_INPUTS = [
+    # draw_lazy_training
+    *[_bad(widgets.draw_lazy_training, 1, LAZY, m, **c) for m, c in (
+        (r"\btask must be a widenets.data.Task", dict(task={"X": TASK.X, "y": TASK.y})),
+        (r"\btask must be a widenets.data.Task", dict(task=(TASK.X, TASK.y))),
+        (r"\btask must have test points", dict(task=NO_TEST)),
+        (r"\btask.X contains NaN", dict(task=NAN_TASK)),
+        (r"\btask.y must have shape \(6,\)", dict(task=TASK._replace(y=TASK.y[:3]))),
+        (r"\btask.X_test must have D=8 columns", dict(task=TASK._replace(X_test=TASK.X[:, :3]))),
+        (r"\blr_fraction must be", dict(lr_fraction=0)),
+        (r"\blr_fraction must be", dict(lr_fraction=-0.5)),
+        (r"\blr_fraction must be", dict(lr_fraction="0.5")),
+        (r"\blegend must be True or False", dict(legend="no")),
+        (r"\bkey must be a JAX PRNG key", dict(key="seed")),
+        (r"\bwidth must be an integer", dict(width=0)),
+        (r"\bwidth must be an integer", dict(width=16.5)),
+        (r"\bdepth must be an integer", dict(depth=0)),
+        (r"\bsteps must be an integer", dict(steps=0)),
+        (r"\bn_seeds must be an integer", dict(n_seeds=0)),
+        (r"\bactivation must be one of", dict(activation="sigmoid")),
+    )],
+    _bad(widgets.draw_lazy_training, 2, LAZY, r"\bax must be a matplotlib Axes"),
+    _bad(widgets.draw_lazy_training, 0, LAZY, r"\bax must be a matplotlib Axes"),
+    # lazy_training_panel: at least two widths
+    *[_bad(widgets.lazy_training_panel, None, {"task": TASK}, m, **c) for m, c in (
+        (r"\bwidths must hold at least two distinct widths", dict(widths=(64,))),
+        (r"\bwidths must hold at least two distinct widths", dict(widths=64)),
+        (r"\bwidths must hold at least two distinct widths", dict(widths=(64, 64))),
+        (r"\bwidths must hold at least 1", dict(widths=())),
+        (r"\bwidths must be an integer", dict(widths=(64, 128.5))),
+        (r"\bwidths must be an integer", dict(widths=("64", "128"))),
+        (r"\bwidths must be an integer >= 1", dict(widths=(0, 64))),
+        (r"\bsteps must be an integer", dict(steps=0)),
+        (r"\btask must have test points", dict(task=NO_TEST)),
+        (r"\btask must be a widenets.data.Task", dict(task=None)),
+    )],
+    # draw_feature_learning and its panel
+    *[_bad(widgets.draw_feature_learning, 2, FEATURE, m, **c) for m, c in (
+        (r"\btask must be a widenets.data.Task", dict(task=[TASK.X, TASK.y])),
+        (r"\btask.X contains NaN", dict(task=NAN_TASK)),
+        (r"\bgamma0 must be", dict(gamma0=0)),
+        (r"\bgamma0 must be", dict(gamma0="1")),
+        (r"\bparameterization must be one of", dict(parameterization="sp")),
+        (r"\beta must be", dict(eta=-1)),
+        (r"\bkey must be a JAX PRNG key", dict(key=2.5)),
+    )],
+    _bad(widgets.draw_feature_learning, 1, FEATURE, r"\baxes must be 2 matplotlib Axes"),
+    _bad(widgets.draw_feature_learning, 3, FEATURE, r"\baxes must be 2 matplotlib Axes"),
+    *[_bad(widgets.feature_learning_panel, None, {"task": TASK}, m, **c) for m, c in (
+        (r"\bwidths must hold at least two distinct widths", dict(widths=(16,))),
+        (r"\bwidths must be an integer", dict(widths=(16, True))),
+        (r"\bsteps must be an integer", dict(steps=-1)),
+    )],
+    # draw_deep_linear and its panel (the DMFT solver checks the rest)
+    _bad(widgets.draw_deep_linear, 1, DEEP, r"\baxes must be 2 matplotlib Axes"),
+    *[_bad(widgets.deep_linear_panel, None, {"Kx": KX, "y": TASK.y}, m, **c) for m, c in (
+        (r"\bKx must be symmetric", dict(Kx=np.triu(np.asarray(KX)))),
+        (r"\bKx must be a non-empty square", dict(Kx=np.ones((6, 5)))),
+        (r"\bKx contains NaN", dict(Kx=np.full((6, 6), np.nan))),
+        (r"\by must have shape \(6,\)", dict(y=TASK.y[:2])),
+        (r"\by must be an array of real numbers", dict(y=["a"] * 6)),
+        (r"\bsteps must be an integer", dict(steps=0)),
+    )],
+    # draw_nonlinear and its panel
+    *[_bad(widgets.draw_nonlinear, 3, NONLIN, m, **c) for m, c in (
+        (r"\bX contains NaN", dict(X=NAN_TASK.X)),
+        (r"\bX must have shape \(P, D\)", dict(X=TASK.X[0])),
+        (r"\by must have shape \(6,\)", dict(y=TASK.y[:5])),
+        (r"\by must be an array of real numbers", dict(y=["+"] * 6)),
+        (r"\bwidth must be an integer", dict(width=0)),
+        (r"\bwidth must be an integer", dict(width="8")),
+        (r"\bn_seeds must be an integer", dict(n_seeds=0)),
+        (r"\bkey must be a JAX PRNG key", dict(key="k")),
+    )],
+    _bad(widgets.draw_nonlinear, 2, NONLIN, r"\baxes must be 3 matplotlib Axes"),
+    *[_bad(widgets.nonlinear_panel, None, {"X": TASK.X, "y": TASK.y}, m, **c) for m, c in (
+        (r"\bX contains NaN", dict(X=NAN_TASK.X)),
+        (r"\by must have shape", dict(y=TASK.y[:1])),
+        (r"\beta must be", dict(eta=-0.1)),
+        (r"\beta must be", dict(eta="0.1")),
+        (r"\bsteps must be an integer", dict(steps=1.5)),
+        (r"\bsamples must be an integer >= 2", dict(samples=1)),
+        (r"\bwidth must be an integer", dict(width=-1)),
+        (r"\bn_seeds must be an integer", dict(n_seeds=True)),
+    )],
+]
+
+
+@pytest.mark.parametrize("fn, n_axes, kwargs, match", BAD_INPUTS)
+def test_bad_input_raises_a_value_error_that_says_what_is_wrong(fn, n_axes, kwargs, match):
+    if n_axes is not None:
+        ax = _ax(n_axes) if n_axes > 0 else None
+        name = "ax" if fn is widgets.draw_lazy_training else "axes"
+        kwargs = {name: ax, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fn(**kwargs)

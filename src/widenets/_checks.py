@@ -7,10 +7,28 @@ ACTIVATIONS = ("linear", "relu", "tanh", "erf")
 PARAMETERIZATIONS = ("mup", "ntk", "standard")
 
 
-def positive_int(value, argname: str, minimum: int = 1) -> int:
+def positive_int(value, argname: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer >= ``minimum`` (and <= ``maximum`` if given); bools, floats such as 8.0 or
+    8.9 and strings are refused rather than rounded."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{argname} must be an integer >= {minimum}; got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{argname} must be an integer <= {maximum}; got {value!r}")
     return int(value)
+
+
+def int_list(values, argname: str, minimum: int = 1, min_len: int = 1) -> list:
+    """A non-empty sequence of integers >= ``minimum`` (no rounding of 8.9 to 8, no bools or
+    strings); a single integer counts as a list of one."""
+    if isinstance(values, (str, bytes, dict, set)):
+        raise ValueError(f"{argname} must be a list of integers; got {values!r}")
+    arr = np.asarray(values, dtype=object)
+    if arr.ndim > 1:
+        raise ValueError(f"{argname} must be a flat list of integers; got shape {arr.shape}")
+    items = list(np.atleast_1d(arr))
+    if len(items) < min_len:
+        raise ValueError(f"{argname} must hold at least {min_len} integer(s); got {values!r}")
+    return [positive_int(v, argname, minimum) for v in items]
 
 
 def nonnegative(value, argname: str, strict: bool = False) -> float:
@@ -38,6 +56,8 @@ def prng_key(key, argname: str = "key"):
     import jax
     import jax.numpy as jnp
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if not -2**63 <= int(key) < 2**64:
+            raise ValueError(f"{argname}: an integer seed must fit in 64 bits; got {key!r}")
         return jax.random.PRNGKey(int(key))
     arr = None
     if isinstance(key, (jax.Array, np.ndarray)):
@@ -50,13 +70,25 @@ def prng_key(key, argname: str = "key"):
                      f"jax.random.key(seed)) or an integer seed; got {key!r}")
 
 
+def is_traced(x) -> bool:
+    """True for a JAX tracer (inside jit / vmap / grad), whose values cannot be inspected."""
+    import jax
+    return isinstance(x, jax.core.Tracer)
+
+
 def memory_limit() -> int:
     """Bytes a single request may use: 70% of the accelerator's memory, or of the machine's
     physical memory on a CPU (``WIDENETS_MEMORY_LIMIT`` overrides, in bytes)."""
     import os
-    env = os.environ.get("WIDENETS_MEMORY_LIMIT")
+    env = os.environ.get("WIDENETS_MEMORY_LIMIT", "").strip()
     if env:
-        return int(float(env))
+        try:
+            limit = float(env)
+        except ValueError:
+            limit = float("nan")
+        if not np.isfinite(limit) or limit <= 0:
+            raise ValueError(f"WIDENETS_MEMORY_LIMIT must be a positive number of bytes; got {env!r}")
+        return int(limit)
     try:
         import jax
         dev = jax.devices()[0]
@@ -75,12 +107,16 @@ def fits(nbytes: float, argname: str, what: str) -> None:
     ``argname`` names the argument to reduce; ``what`` describes the request.
     """
     limit = memory_limit()
-    if nbytes > limit:
+    if not nbytes <= limit:          # also refuses a NaN estimate
         raise ValueError(f"{what} would need about {_gib(nbytes)} of memory, more than the "
-                         f"{_gib(limit)} available here: reduce {argname}")
+                         f"{_gib(limit)} available here (WIDENETS_MEMORY_LIMIT sets the limit): "
+                         f"reduce {argname}")
 
 
 def _gib(n: float) -> str:
+    n = float(n)
+    if n >= 2**70:
+        return f"{n:.3g} bytes"
     return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
@@ -90,34 +126,62 @@ def choice(value, argname: str, options) -> str:
     return value
 
 
+def real_array(A, argname: str) -> np.ndarray:
+    """``A`` as a NumPy array of real numbers (integers and booleans become floats), else a
+    ValueError that names the argument: strings, complex numbers, None or ragged lists."""
+    if A is None or isinstance(A, (str, bytes, dict, set)):
+        raise ValueError(f"{argname} must be an array of real numbers; got {type(A).__name__}")
+    try:
+        A = np.asarray(A)
+    except (TypeError, ValueError) as err:   # ragged nested lists
+        raise ValueError(f"{argname} must be an array of real numbers; {err}") from None
+    if A.dtype.kind == "O":
+        try:
+            A = A.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{argname} must be an array of real numbers; got entries of "
+                             f"type {type(A.flat[0]).__name__ if A.size else 'object'}") from None
+    if A.dtype.kind in "biu":   # integer or boolean entries count as floats
+        A = A.astype(np.float64 if _x64() else np.float32)
+    if A.dtype.kind != "f":
+        raise ValueError(f"{argname} must be an array of real numbers; got dtype {A.dtype}")
+    return A
+
+
+def finite(A, argname: str) -> None:
+    """Refuse NaN or infinite entries (traced arrays, whose values are unknown, pass)."""
+    if is_traced(A):
+        return
+    bad = ~np.isfinite(np.asarray(A))
+    if np.any(bad):
+        raise ValueError(f"{argname} contains NaN or infinite entries "
+                         f"({int(bad.sum())} of {bad.size})")
+
+
 def inputs(X, argname: str = "X") -> np.ndarray:
-    X = np.asarray(X)
-    if X.dtype.kind in "biu":   # integer or boolean features train as floats
-        X = X.astype(np.float64 if _x64() else np.float32)
+    X = real_array(X, argname)
     if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
         raise ValueError(f"{argname} must have shape (P, D) with P, D >= 1; got shape {X.shape}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError(f"{argname} contains NaN or infinite entries")
+    finite(X, argname)
     return X
 
 
 def targets(y, P: int, argname: str = "y") -> np.ndarray:
-    y = np.asarray(y)
+    y = real_array(y, argname)
     if y.ndim != 1 or y.shape[0] != P:
         raise ValueError(f"{argname} must have shape ({P},) to match the inputs; got shape {y.shape}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"{argname} contains NaN or infinite entries")
+    finite(y, argname)
     return y
 
 
 def kernel_matrix(K, argname: str = "Kx", P: int | None = None, tol: float = 1e-8) -> np.ndarray:
     """A symmetric positive semi-definite (P, P) matrix, else a ValueError that says why."""
-    K_in = np.asarray(K)
+    K_in = real_array(K, argname)
     if np.issubdtype(K_in.dtype, np.floating):   # round-off of the input's own precision
         tol = max(tol, 64 * float(np.finfo(K_in.dtype).eps))
     K = K_in.astype(np.float64)
-    if K.ndim != 2 or K.shape[0] != K.shape[1]:
-        raise ValueError(f"{argname} must be a square (P, P) matrix; got shape {K.shape}")
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] < 1:
+        raise ValueError(f"{argname} must be a non-empty square (P, P) matrix; got shape {K.shape}")
     if P is not None and K.shape[0] != P:
         raise ValueError(f"{argname} must have shape ({P}, {P}); got shape {K.shape}")
     if not np.all(np.isfinite(K)):

@@ -19,7 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
+from . import nets as _nets
 from .nets import MLP, apply, scalings
+
+# analytic kernels are evaluated layer by layer (no compiled unroll), but every layer costs a
+# kernel evaluation (for tanh a 32 x 32-point quadrature per pair of inputs): deeper requests
+# are refused rather than left to run for minutes.
+MAX_ANALYTIC_DEPTH = 1000
 
 
 def _nt():
@@ -70,8 +76,9 @@ def stax_mlp(depth: int, activation: str = "relu", width: int = 512):
     1/sqrt(fan_in), unit-variance weights, no bias) followed by the activation; the readout
     is ``Dense(1)``. Its NTK equals our muP and NTK-parameterisation kernels for any gamma0.
     """
-    depth = _checks.positive_int(depth, "depth")
+    depth = _checks.positive_int(depth, "depth", maximum=MAX_ANALYTIC_DEPTH)
     _checks.choice(activation, "activation", _checks.ACTIVATIONS)
+    width = _checks.positive_int(width, "width")
     stax = _nt().stax
     layers = []
     for _ in range(depth):
@@ -79,6 +86,13 @@ def stax_mlp(depth: int, activation: str = "relu", width: int = 512):
                    _stax_activation(activation)]
     layers += [stax.Dense(1, W_std=1.0, parameterization="ntk")]
     return stax.serial(*layers)
+
+
+def _analytic_bytes(P: int, P2: int, depth: int, activation: str) -> int:
+    """Memory of :func:`analytic`: per layer a few (P, P2) kernels; tanh's quadrature holds
+    32 x 32 points per pair of inputs."""
+    per_pair = 4 * 32 * 32 if activation == "tanh" else 16
+    return 8 * P * P2 * (per_pair + 3 * depth)
 
 
 class AnalyticKernels(NamedTuple):
@@ -96,17 +110,36 @@ def analytic(X, X2=None, *, depth, activation="relu") -> AnalyticKernels:
     have a width-independent limit; the standard parameterisation's NTK grows with width).
     """
     X = jnp.asarray(_checks.inputs(X, "X"))
-    X2 = X if X2 is None else jnp.asarray(_checks.inputs(X2, "X2"))
+    X2 = X if X2 is None else jnp.asarray(_checks.inputs(X2, "X2"), X.dtype)
     if X2.shape[1] != X.shape[1]:
         raise ValueError(f"X2 must have D={X.shape[1]} columns like X; got shape {X2.shape}")
-    depth = _checks.positive_int(depth, "depth")
+    depth = _checks.positive_int(depth, "depth", maximum=MAX_ANALYTIC_DEPTH)
+    _checks.choice(activation, "activation", _checks.ACTIVATIONS)
+    _checks.fits(_analytic_bytes(X.shape[0], X2.shape[0], depth, activation),
+                 "the number of rows of X / X2",
+                 f"analytic {activation} kernels of {X.shape[0]} x {X2.shape[0]} input pairs")
+    stax = _nt().stax
+    # one hidden layer (Dense + activation) applied to the previous layer's kernel: after layer
+    # l its NNGP is Phi^l (identical to evaluating the depth-l network, in O(L) instead of O(L^2))
+    block = stax.serial(stax.Dense(512, W_std=1.0, parameterization="ntk"),
+                        _stax_activation(activation))[2]
+    readout = stax.Dense(1, W_std=1.0, parameterization="ntk")[2]
     phis = []
     with warnings.catch_warnings():  # neural-tangents warns that tanh uses quadrature
         warnings.simplefilter("ignore", UserWarning)
-        for l in range(1, depth + 1):
-            k = stax_mlp(l, activation)[2](X, X2, ("nngp", "ntk"))
+        k = block(X, X2, get=None)
+        phis.append(k.nngp)
+        for _ in range(1, depth):
+            k = block(k, get=None)
             phis.append(k.nngp)
-    return AnalyticKernels(ntk=k.ntk, nngp=k.nngp, phi=jnp.stack(phis))
+        k = readout(k, get=None)
+    out = AnalyticKernels(ntk=k.ntk, nngp=k.nngp, phi=jnp.stack(phis))
+    for name, a in zip(out._fields, out):
+        if not bool(jnp.all(jnp.isfinite(a))):
+            raise ValueError(f"the analytic {name} overflows {a.dtype} for these inputs "
+                             f"(largest |x| = {float(jnp.max(jnp.abs(X))):.3g}); rescale X "
+                             f"(e.g. wn.data.normalize)")
+    return out
 
 
 # ----------------------------------------------------------------------------- empirical NTKs
@@ -122,9 +155,22 @@ def full_ntk(net: MLP, params, X, X2=None):
     Computed by neural-tangents' Jacobian contraction: its cost and memory grow with the
     number of logits O (one Jacobian row per logit).
     """
-    X2 = X if X2 is None else X2
-    k = _ntk_fn(lambda p, x: apply(net, p, x))(X, X2, params)
-    return scalings(net).ntk_scale * k
+    net, params, X, X2 = _ntk_args(net, params, X, X2)
+    k = _ntk_fn(lambda p, x: _nets._apply(net, p, x))(X, X2, params)
+    return _nets._scalings(net).ntk_scale * k
+
+
+def _ntk_args(net, params, X, X2):
+    """Validated network, weights and inputs of an empirical NTK, within the memory limit."""
+    net = _nets._net(net)
+    params = _nets._params(net, params)
+    X = _nets._inputs_for(net, X)
+    X2 = X if X2 is None else _nets._inputs_for(net, X2, "X2")
+    _checks.fits(_nets.jacobian_ntk_bytes(net, X.shape[0], X2.shape[0]),
+                 "the number of rows of X / X2, or width (or n_out)",
+                 f"Jacobians of {X.shape[0]} + {X2.shape[0]} inputs x {net.n_out} outputs x "
+                 f"{_nets.n_params(net):,} weights")
+    return net, params, X, X2
 
 
 def pntk(net: MLP, params, X, X2=None):
@@ -133,40 +179,78 @@ def pntk(net: MLP, params, X, X2=None):
     ``full_ntk ~ pntk (x) I_O`` with an error O(N^-1/2) in the readout width N, for about 1/O
     of the cost.
     """
-    X2 = X if X2 is None else X2
+    net, params, X, X2 = _ntk_args(net, params, X, X2)
     O = net.n_out
-    k = _ntk_fn(lambda p, x: jnp.sum(apply(net, p, x), axis=-1) / jnp.sqrt(O))(X, X2, params)
-    return scalings(net).ntk_scale * k
+    k = _ntk_fn(lambda p, x: jnp.sum(_nets._apply(net, p, x), axis=-1) / jnp.sqrt(O))(X, X2,
+                                                                                       params)
+    return _nets._scalings(net).ntk_scale * k
 
 
 def pntk_error(full, approx):
     """Relative Frobenius error of ``approx (x) I_O`` against the full (P, P2, O, O) NTK."""
+    full = _matrix(full, "full", ndim=4)
+    approx = _matrix(approx, "approx", ndim=2)
+    if full.shape[2] != full.shape[3] or full.shape[:2] != approx.shape:
+        raise ValueError(f"full must have shape (P, P2, O, O) and approx (P, P2); got "
+                         f"{full.shape} and {approx.shape}")
     O = full.shape[-1]
-    blocks = approx[:, :, None, None] * jnp.eye(O)
+    blocks = approx[:, :, None, None] * np.eye(O)
     return relative_frobenius(blocks, full)
 
 
 # ----------------------------------------------------------------------------- metrics
-def relative_frobenius(A, B):
-    """``|A - B|_F / |B|_F`` (B is the reference)."""
-    A, B = jnp.asarray(A), jnp.asarray(B)
+def _matrix(A, argname: str, ndim: int | None = None):
+    """A finite real array (float64 when concrete; traced arrays pass through)."""
+    if _checks.is_traced(A):
+        return A
+    A = _checks.real_array(A, argname).astype(np.float64)
+    if ndim is not None and A.ndim != ndim:
+        raise ValueError(f"{argname} must have {ndim} dimensions; got shape {A.shape}")
+    if A.size == 0:
+        raise ValueError(f"{argname} is empty (shape {A.shape})")
+    _checks.finite(A, argname)
+    return A
+
+
+def _pair(A, B):
+    A, B = _matrix(A, "A"), _matrix(B, "B")
     if A.shape != B.shape:
         raise ValueError(f"A and B must have the same shape; got {A.shape} and {B.shape}")
-    return jnp.linalg.norm((A - B).ravel()) / jnp.linalg.norm(B.ravel())
+    traced = _checks.is_traced(A) or _checks.is_traced(B)
+    return A, B, (jnp if traced else np)
+
+
+def relative_frobenius(A, B):
+    """``|A - B|_F / |B|_F`` (B is the reference; computed in float64 for concrete inputs)."""
+    A, B, xp = _pair(A, B)
+    nB = xp.linalg.norm(B.ravel())
+    if xp is np and nB == 0:
+        raise ValueError("B (the reference) is zero: the relative distance is undefined")
+    return xp.linalg.norm((A - B).ravel()) / nB
 
 
 def alignment(A, B):
     """Kernel alignment ``<A, B>_F / (|A|_F |B|_F)`` (cosine similarity of two matrices)."""
-    A, B = jnp.asarray(A), jnp.asarray(B)
-    if A.shape != B.shape:
-        raise ValueError(f"A and B must have the same shape; got {A.shape} and {B.shape}")
-    return jnp.vdot(A, B) / (jnp.linalg.norm(A.ravel()) * jnp.linalg.norm(B.ravel()))
+    A, B, xp = _pair(A, B)
+    nA, nB = xp.linalg.norm(A.ravel()), xp.linalg.norm(B.ravel())
+    if xp is np and (nA == 0 or nB == 0):
+        raise ValueError(f"{'A' if nA == 0 else 'B'} is zero: its alignment is undefined")
+    return xp.vdot(A, B) / (nA * nB)
 
 
 def target_alignment(K, y):
     """Alignment of a kernel with the target kernel ``y y^T``: ``y^T K y / (|K|_F |y|^2)``."""
-    y = jnp.asarray(y)
-    return alignment(K, jnp.outer(y, y))
+    K = _matrix(K, "K", ndim=2)
+    if K.shape[0] != K.shape[1]:
+        raise ValueError(f"K must be a square (P, P) matrix; got shape {K.shape}")
+    if _checks.is_traced(y) or _checks.is_traced(K):
+        return alignment(K, jnp.outer(y, y))
+    y = _checks.targets(y, K.shape[0], "y").astype(np.float64)
+    if not np.any(y):
+        raise ValueError("y is zero: the target kernel y y^T has no direction to align with")
+    if not np.any(K):
+        raise ValueError("K is zero: its alignment is undefined")
+    return alignment(K, np.outer(y, y))
 
 
 # ----------------------------------------------------------------------------- predictors
@@ -176,20 +260,45 @@ class Prediction(NamedTuple):
     f_test: jax.Array | None
 
 
+def _predictor_args(K, y, K_test, f0, f0_test):
+    """Validated kernel, targets, test kernel and initial outputs of a predictor."""
+    K = jnp.asarray(_checks.kernel_matrix(K, "K"))
+    P = K.shape[0]
+    y = jnp.asarray(_checks.targets(y, P, "y"), K.dtype)
+    f0 = jnp.zeros(P, K.dtype) if f0 is None else jnp.asarray(_checks.targets(f0, P, "f0"),
+                                                                K.dtype)
+    if K_test is None:
+        if f0_test is not None:
+            raise ValueError("f0_test needs K_test (the test points' kernel with the training set)")
+        return K, y, f0, None, None
+    K_test = _checks.real_array(K_test, "K_test")
+    if K_test.ndim != 2 or K_test.shape[1] != P or K_test.shape[0] < 1:
+        raise ValueError(f"K_test must have shape (P_test, {P}); got {K_test.shape}")
+    _checks.finite(K_test, "K_test")
+    K_test = jnp.asarray(K_test, K.dtype)
+    P_test = K_test.shape[0]
+    f0_test = (jnp.zeros(P_test, K.dtype) if f0_test is None else
+               jnp.asarray(_checks.targets(f0_test, P_test, "f0_test"), K.dtype))
+    return K, y, f0, K_test, f0_test
+
+
 def gd_predictor(K, y, *, eta, steps, K_test=None, f0=None, f0_test=None) -> Prediction:
     """Exact discrete gradient descent of the linearised model with a fixed kernel ``K``.
 
     ``delta[t+1] = (I - eta K / P) delta[t]`` on the training set, and on test points
     ``f_test[t+1] = f_test[t] + (eta / P) K_test delta[t]`` (``K_test`` is (P_test, P)),
-    from outputs ``f0`` / ``f0_test`` at initialisation (default 0). Solved in the
-    eigenbasis of K: no loop over time.
+    from outputs ``f0`` (P,) / ``f0_test`` (P_test,) at initialisation (default 0). Solved in
+    the eigenbasis of K: no loop over time. Above the stable rate ``2 P / lambda_max(K)``
+    (:func:`max_learning_rate`) the error grows like ``|1 - eta lambda_max / P|^t``: that
+    warns (``RuntimeWarning``).
     """
-    K = jnp.asarray(_checks.kernel_matrix(K, "K"))
+    K, y, f0, K_test, f0_test = _predictor_args(K, y, K_test, f0, f0_test)
     P = K.shape[0]
-    y = jnp.asarray(_checks.targets(y, P, "y"), K.dtype)
     eta = _checks.nonnegative(eta, "eta")
     steps = _checks.positive_int(steps, "steps")
-    f0 = jnp.zeros(P, K.dtype) if f0 is None else jnp.asarray(_checks.targets(f0, P, "f0"))
+    P_test = 0 if K_test is None else K_test.shape[0]
+    _checks.fits(np.dtype(K.dtype).itemsize * ((steps + 1) * (4 * P + 3 * P_test) + 2 * P * P),
+                 "steps", f"a gradient-descent prediction over {steps} steps")
     lam, V = jnp.linalg.eigh(K)
     lam = jnp.clip(lam, 0.0)
     t = jnp.arange(steps + 1)[:, None]
@@ -198,35 +307,50 @@ def gd_predictor(K, y, *, eta, steps, K_test=None, f0=None, f0_test=None) -> Pre
     f = y[None, :] - (decay * c0[None, :]) @ V.T
     f_test = None
     if K_test is not None:
-        K_test = jnp.asarray(K_test)
-        if K_test.ndim != 2 or K_test.shape[1] != P:
-            raise ValueError(f"K_test must have shape (P_test, {P}); got {K_test.shape}")
-        f0_test = jnp.zeros(K_test.shape[0]) if f0_test is None else jnp.asarray(f0_test)
         # sum_{s<t} (eta/P) (1 - eta lam/P)^s = (1 - decay_t) / lam  (-> eta t / P at lam = 0)
         safe = jnp.where(lam > 1e-12 * jnp.max(lam), lam, 1.0)
         gain = jnp.where(lam > 1e-12 * jnp.max(lam), (1 - decay) / safe, eta * t / P)
         f_test = f0_test[None, :] + ((gain * c0[None, :]) @ V.T) @ K_test.T
+    lam_max = float(lam[-1])
+    if lam_max > 0 and eta > 2 * P / lam_max * (1 + 1e-6):
+        bad = not (bool(jnp.all(jnp.isfinite(f))) and
+                   (f_test is None or bool(jnp.all(jnp.isfinite(f_test)))))
+        warnings.warn(f"gd_predictor: eta={eta:g} is above the stable learning rate "
+                      f"2P/lambda_max(K) = {2 * P / lam_max:.4g}, so the error grows by "
+                      f"|1 - eta lambda_max/P| = {abs(1 - eta * lam_max / P):.3g} per step"
+                      + (" and the prediction overflows to inf/NaN" if bad else ""),
+                      RuntimeWarning, stacklevel=2)
     return Prediction(f, f_test)
 
 
 def gradient_flow_predictor(K, y, *, eta, t, K_test=None, f0=None, f0_test=None) -> Prediction:
     """Continuous-time gradient flow of the linearised model, by ``neural_tangents.predict``.
 
-    ``df/dt = -(eta / P) K (f - y)`` evaluated at the times ``t`` (array of step counts), the
-    gradient-flow limit of :func:`gd_predictor`.
+    ``df/dt = -(eta / P) K (f - y)`` evaluated at the times ``t`` (a number or a 1-d array of
+    step counts, finite and >= 0), the gradient-flow limit of :func:`gd_predictor`. Returns
+    ``f`` (len(t), P) and ``f_test`` (len(t), P_test) with ``K_test`` (P_test, P).
     """
-    K = jnp.asarray(_checks.kernel_matrix(K, "K"))
+    K, y, f0, K_test, f0_test = _predictor_args(K, y, K_test, f0, f0_test)
     P = K.shape[0]
-    y = jnp.asarray(_checks.targets(y, P, "y"), K.dtype)
     eta = _checks.nonnegative(eta, "eta")
-    f0 = jnp.zeros(P, K.dtype) if f0 is None else jnp.asarray(f0)
+    if isinstance(t, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"t must be a time or an array of times >= 0; got {t!r}")
+    t_arr = _checks.real_array(t, "t")
+    if t_arr.ndim > 1 or t_arr.size == 0:
+        raise ValueError(f"t must be a time or a non-empty 1-d array of times; got shape "
+                         f"{t_arr.shape}")
+    if not np.all(np.isfinite(t_arr)) or np.any(t_arr < 0):
+        raise ValueError(f"t must hold finite times >= 0 (gradient flow does not run backwards); "
+                         f"got {t!r}")
+    P_test = 0 if K_test is None else K_test.shape[0]
+    _checks.fits(np.dtype(K.dtype).itemsize * (t_arr.size * 4 * (P + P_test) + 4 * P * P),
+                 "t (the number of times)", f"a gradient-flow prediction at {t_arr.size} times")
     predict = _nt().predict.gradient_descent_mse(K, y[:, None], learning_rate=eta)
-    t = jnp.atleast_1d(jnp.asarray(t, K.dtype))
+    t = jnp.atleast_1d(jnp.asarray(t_arr, K.dtype))
     if K_test is None:
         f = predict(t, f0[:, None])
         return Prediction(f[..., 0], None)
-    f0_test = jnp.zeros(K_test.shape[0], K.dtype) if f0_test is None else jnp.asarray(f0_test)
-    f, ft = predict(t, f0[:, None], f0_test[:, None], jnp.asarray(K_test))
+    f, ft = predict(t, f0[:, None], f0_test[:, None], K_test)
     return Prediction(f[..., 0], ft[..., 0])
 
 
@@ -236,5 +360,6 @@ def max_learning_rate(K, *, eps: float = 1e-12) -> float:
     Replaces ``neural_tangents.predict.max_learning_rate``, which fails with SciPy >= 1.17.
     """
     K = _checks.kernel_matrix(K, "K")
+    eps = _checks.nonnegative(eps, "eps", strict=True)
     lam_max = float(np.linalg.eigvalsh(K)[-1])
     return 2 * K.shape[0] / max(lam_max, eps)

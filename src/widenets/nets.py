@@ -51,16 +51,116 @@ class MLP(NamedTuple):
     n_out: int = 1
 
 
+# Every layer is unrolled into the compiled program (the layers have different shapes and
+# their own weights), so compile time grows linearly with depth: ~40 s for a depth-64 trainer
+# on one CPU core. Deeper requests are refused at once instead of compiling for minutes.
+MAX_DEPTH = 64
+
+
 def make_mlp(D, *, depth, width, activation="relu", parameterization="mup", gamma0=1.0,
              n_out=1) -> MLP:
     """Validated :class:`MLP` (every argument checked; errors name the argument)."""
-    return MLP(D=_checks.positive_int(D, "D"), depth=_checks.positive_int(depth, "depth"),
-               width=_checks.positive_int(width, "width"),
-               activation=_checks.choice(activation, "activation", ACTIVATIONS),
-               parameterization=_checks.choice(parameterization, "parameterization",
-                                               PARAMETERIZATIONS),
-               gamma0=_checks.nonnegative(gamma0, "gamma0", strict=True),
-               n_out=_checks.positive_int(n_out, "n_out"))
+    depth = _checks.positive_int(depth, "depth")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth must be <= {MAX_DEPTH}; got {depth}: every layer is unrolled into "
+                         f"the compiled program, so compile time grows with depth (~40 s at depth "
+                         f"{MAX_DEPTH} on a CPU)")
+    net = MLP(D=_checks.positive_int(D, "D"), depth=depth,
+              width=_checks.positive_int(width, "width"),
+              activation=_checks.choice(activation, "activation", ACTIVATIONS),
+              parameterization=_checks.choice(parameterization, "parameterization",
+                                              PARAMETERIZATIONS),
+              gamma0=_checks.nonnegative(gamma0, "gamma0", strict=True),
+              n_out=_checks.positive_int(n_out, "n_out"))
+    try:
+        sc = _scalings(net)
+        ok = all(np.isfinite(v) and v > 0 for v in sc.multiplier + (sc.ntk_scale,))
+    except (OverflowError, ZeroDivisionError):
+        ok = False
+    if not ok:
+        raise ValueError(f"gamma0={net.gamma0!r} is too extreme for width {net.width}: the readout "
+                         f"multiplier or the learning-rate scale (gamma0^2 N) over- or underflows "
+                         f"float64")
+    return net
+
+
+def _net(net, argname: str = "net") -> MLP:
+    """``net`` re-validated (an :class:`MLP` built by hand bypasses :func:`make_mlp`)."""
+    if not isinstance(net, MLP):
+        raise ValueError(f"{argname} must be an MLP (from widenets.nets.make_mlp); "
+                         f"got {type(net).__name__}")
+    return make_mlp(net.D, depth=net.depth, width=net.width, activation=net.activation,
+                    parameterization=net.parameterization, gamma0=net.gamma0, n_out=net.n_out)
+
+
+def param_shapes(net: MLP) -> list:
+    """Shapes of the weights: ``[(N, D)] + [(N, N)] * (L - 1) + [(N, n_out)]``."""
+    net = _net(net)
+    return _param_shapes(net)
+
+
+def _param_shapes(net: MLP) -> list:
+    return [(net.width, net.D)] + [(net.width, net.width)] * (net.depth - 1) + \
+           [(net.width, net.n_out)]
+
+
+def n_params(net: MLP) -> int:
+    """Number of trainable weights of ``net`` (a Python int: no overflow at any width)."""
+    return sum(a * b for a, b in _param_shapes(_net(net)))
+
+
+def _itemsize() -> int:
+    return 8 if _checks._x64() else 4
+
+
+def _params(net: MLP, params, argname: str = "params") -> list:
+    """The weights of ``net``: a list of arrays of :func:`param_shapes`, finite when concrete."""
+    shapes = _param_shapes(net)
+    if not isinstance(params, (list, tuple)):
+        raise ValueError(f"{argname} must be the list of {len(shapes)} weight arrays of this "
+                         f"network (from init_params); got {type(params).__name__}")
+    if len(params) != len(shapes):
+        raise ValueError(f"{argname} must hold {len(shapes)} weight arrays for depth "
+                         f"{net.depth}; got {len(params)}")
+    out = []
+    for l, (p, shp) in enumerate(zip(params, shapes)):
+        name = f"{argname}[{l}]"
+        if not isinstance(p, jax.Array):
+            p = jnp.asarray(_checks.real_array(p, name))
+        elif not jnp.issubdtype(p.dtype, jnp.floating):
+            raise ValueError(f"{name} must be an array of real numbers; got dtype {p.dtype}")
+        if tuple(p.shape) != shp:
+            hint = (" (a leading seed axis? pass one seed's weights, e.g. "
+                    "[w[s] for w in traj.params])" if tuple(p.shape[1:]) == shp else "")
+            raise ValueError(f"{name} must have shape {shp} for this network; got "
+                             f"{tuple(p.shape)}{hint}")
+        if not _checks.is_traced(p) and not bool(jnp.all(jnp.isfinite(p))):
+            raise ValueError(f"{name} contains NaN or infinite entries (weights of a diverged run?)")
+        out.append(p)
+    return out
+
+
+def _inputs_for(net: MLP, X, argname: str = "X"):
+    """Inputs (P, D) with the network's D columns; finite (unless traced)."""
+    if _checks.is_traced(X):
+        if X.ndim != 2 or X.shape[0] < 1:
+            raise ValueError(f"{argname} must have shape (P, D) with P >= 1; got shape {X.shape}")
+    else:
+        X = jnp.asarray(_checks.inputs(X, argname))
+    if X.shape[1] != net.D:
+        raise ValueError(f"{argname} must have D={net.D} columns for this network; "
+                         f"got shape {tuple(X.shape)}")
+    return X
+
+
+def _forward_bytes(net: MLP, P: int) -> int:
+    """Activations of a forward and backward pass on P inputs (the weights already exist)."""
+    return _itemsize() * (6 * P * net.width * net.depth + 2 * P * net.n_out)
+
+
+def _kernels_bytes(net: MLP, P: int) -> int:
+    """:func:`kernels` on P inputs: activations, their derivatives and the (2L + 2) Gram matrices."""
+    return _itemsize() * (8 * P * net.width * net.depth + (2 * net.depth + 3) * P * P)
 
 
 class Scalings(NamedTuple):
@@ -73,6 +173,10 @@ class Scalings(NamedTuple):
 
 def scalings(net: MLP) -> Scalings:
     """The multipliers, initial standard deviations and learning-rate scale of ``net``."""
+    return _scalings(_net(net))
+
+
+def _scalings(net: MLP) -> Scalings:
     N, L, g0 = net.width, net.depth, net.gamma0
     fan_in = (net.D,) + (N,) * L
     p = net.parameterization
@@ -102,7 +206,8 @@ def abc_exponents(parameterization: str, depth: int = 2, D: int = 10) -> dict:
     fixed, so only N-dependence counts. Exponents are measured from two widths, not hard-coded.
     """
     _checks.choice(parameterization, "parameterization", PARAMETERIZATIONS)
-    depth = max(_checks.positive_int(depth, "depth"), 2)
+    depth = max(_checks.positive_int(depth, "depth", maximum=MAX_DEPTH), 2)
+    D = _checks.positive_int(D, "D")
     N1, N2 = 1024, 4096
     s1, s2 = (scalings(make_mlp(D, depth=depth, width=n, parameterization=parameterization))
               for n in (N1, N2))
@@ -118,10 +223,21 @@ def abc_exponents(parameterization: str, depth: int = 2, D: int = 10) -> dict:
 
 
 def init_params(net: MLP, key) -> list:
-    """Independent Gaussian weights for every layer (one key per layer, never reused)."""
-    sc = scalings(net)
-    shapes = [(net.width, net.D)] + [(net.width, net.width)] * (net.depth - 1) + \
-             [(net.width, net.n_out)]
+    """Independent Gaussian weights for every layer (one key per layer, never reused).
+
+    ``key``: a JAX PRNG key or an integer seed. A network whose weights cannot fit in memory
+    is refused before anything is allocated.
+    """
+    net = _net(net)
+    key = _checks.prng_key(key, "key")
+    _checks.fits(2 * n_params(net) * _itemsize(), "width",
+                 f"the {n_params(net):,} weights of a width-{net.width}, depth-{net.depth} network")
+    return _init_params(net, key)
+
+
+def _init_params(net: MLP, key) -> list:
+    sc = _scalings(net)
+    shapes = _param_shapes(net)
     keys = jax.random.split(key, len(shapes))
     dtype = jnp.zeros(()).dtype  # float64 when x64 is enabled
     return [s * jax.random.normal(k, shp, dtype) for k, shp, s in zip(keys, shapes, sc.init_std)]
@@ -131,9 +247,27 @@ def forward(net: MLP, params, X, eps=None):
     """Pre-activations and output: ``(hs, f)`` with ``hs[l-1] = h^l`` of shape (P, N), ``f`` (P, n_out).
 
     ``eps`` (optional list of (P, N) arrays) is added to each h^l; differentiating the output
-    with respect to it gives the per-sample derivatives df/dh^l.
+    with respect to it gives the per-sample derivatives df/dh^l. ``X`` must have the network's
+    D columns and finite entries; ``params`` the shapes of :func:`param_shapes`.
     """
-    sc = scalings(net)
+    net = _net(net)
+    params = _params(net, params)
+    X = _inputs_for(net, X)
+    if eps is not None:
+        if not isinstance(eps, (list, tuple)) or len(eps) != net.depth:
+            raise ValueError(f"eps must be a list of {net.depth} arrays of shape "
+                             f"({X.shape[0]}, {net.width}); got {type(eps).__name__}")
+        for l, e in enumerate(eps):
+            if tuple(jnp.shape(e)) != (X.shape[0], net.width):
+                raise ValueError(f"eps[{l}] must have shape ({X.shape[0]}, {net.width}); "
+                                 f"got {tuple(jnp.shape(e))}")
+    _checks.fits(_forward_bytes(net, X.shape[0]), "the number of rows of X",
+                 f"a forward pass on {X.shape[0]} inputs at width {net.width}")
+    return _forward(net, params, X, eps)
+
+
+def _forward(net: MLP, params, X, eps=None):
+    sc = _scalings(net)
     phi = activation_fn(net.activation)
     h = sc.multiplier[0] * X @ params[0].T
     hs = []
@@ -149,8 +283,12 @@ def forward(net: MLP, params, X, eps=None):
 
 
 def apply(net: MLP, params, X):
-    """Network output ``f`` of shape (P, n_out)."""
+    """Network output ``f`` of shape (P, n_out) (inputs checked as in :func:`forward`)."""
     return forward(net, params, X)[1]
+
+
+def _apply(net: MLP, params, X):
+    return _forward(net, params, X)[1]
 
 
 class Kernels(NamedTuple):
@@ -167,15 +305,24 @@ def kernels(net: MLP, params, X) -> Kernels:
     ``ntk = ntk_scale * sum_l m_l^2 (df/dh^{l+1} . df/dh^{l+1}') (a^l . a^l')``
     with ``a^0 = x`` and ``a^l = phi(h^l)``; this costs O(P^2 N L) instead of a Jacobian.
     """
+    net = _net(net)
     if net.n_out != 1:
         raise ValueError(f"kernels needs a scalar-output network (n_out=1); got n_out={net.n_out}")
-    sc = scalings(net)
+    params = _params(net, params)
+    X = _inputs_for(net, X)
+    _checks.fits(_kernels_bytes(net, X.shape[0]), "the number of rows of X",
+                 f"the kernels of {X.shape[0]} inputs at width {net.width}")
+    return _kernels(net, params, X)
+
+
+def _kernels(net: MLP, params, X) -> Kernels:
+    sc = _scalings(net)
     phi_fn = activation_fn(net.activation)
     P, N = X.shape[0], net.width
     zeros = [jnp.zeros((P, N), X.dtype) for _ in range(net.depth)]
 
     def out(eps):
-        hs, f = forward(net, params, X, eps)
+        hs, f = _forward(net, params, X, eps)
         return jnp.sum(f), hs
 
     dfdh, hs = jax.grad(out, has_aux=True)(zeros)          # dfdh[l-1] = df/dh^l, (P, N)
@@ -195,13 +342,27 @@ def empirical_ntk(net: MLP, params, X, X2=None):
     Returns shape (P, P2) for a scalar output, else (P, P2, n_out, n_out). Slow at large width:
     use :func:`kernels` for scalar outputs; this is the reference it is tested against.
     """
-    X2 = X if X2 is None else X2
-    sc = scalings(net)
+    net = _net(net)
+    params = _params(net, params)
+    X = _inputs_for(net, X)
+    X2 = X if X2 is None else _inputs_for(net, X2, "X2")
+    _checks.fits(jacobian_ntk_bytes(net, X.shape[0], X2.shape[0]),
+                 "the number of rows of X / X2, or width",
+                 f"Jacobians of {X.shape[0]} + {X2.shape[0]} inputs x {net.n_out} outputs x "
+                 f"{n_params(net):,} weights")
+    sc = _scalings(net)
     flat = lambda J: jnp.concatenate([j.reshape(j.shape[:2] + (-1,)) for j in J], axis=-1)
-    J1 = flat(jax.jacrev(lambda p: apply(net, p, X))(params))    # (P, O, n_params)
-    J2 = flat(jax.jacrev(lambda p: apply(net, p, X2))(params))
+    J1 = flat(jax.jacrev(lambda p: _apply(net, p, X))(params))    # (P, O, n_params)
+    J2 = flat(jax.jacrev(lambda p: _apply(net, p, X2))(params))
     K = sc.ntk_scale * jnp.einsum("aip,bjp->abij", J1, J2)
     return K[:, :, 0, 0] if net.n_out == 1 else K
+
+
+def jacobian_ntk_bytes(net: MLP, P: int, P2: int) -> int:
+    """Memory of an explicit-Jacobian NTK: Jacobians (P + P2) x n_out x n_params (held twice
+    while they are built) and the (P, P2, n_out, n_out) kernel."""
+    return _itemsize() * (2 * (P + P2) * net.n_out * n_params(net)
+                          + P * P2 * net.n_out ** 2 + _forward_bytes(net, P + P2) // 4)
 
 
 def init_kernels(net: MLP, X, key, n_seeds: int = 1) -> Kernels:
@@ -209,12 +370,17 @@ def init_kernels(net: MLP, X, key, n_seeds: int = 1) -> Kernels:
 
     Seed s uses ``jax.random.split(key, n_seeds)[s]``; vmapped and jitted, no Python loop.
     """
-    X = jnp.asarray(_checks.inputs(X, "X"))
-    if X.shape[1] != net.D:
-        raise ValueError(f"X must have D={net.D} columns for this network; got shape {X.shape}")
+    net = _net(net)
+    X = _inputs_for(net, X)
     n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    key = _checks.prng_key(key, "key")
+    if net.n_out != 1:
+        raise ValueError(f"init_kernels needs a scalar-output network (n_out=1); got n_out={net.n_out}")
+    per_seed = 2 * n_params(net) * _itemsize() + _kernels_bytes(net, X.shape[0])
+    _checks.fits(n_seeds * per_seed, "n_seeds" if n_seeds > 1 else "width",
+                 f"the kernels of {n_seeds} networks of width {net.width} (all seeds at once)")
     keys = jax.random.split(key, n_seeds)
-    return jax.jit(jax.vmap(lambda k: kernels(net, init_params(net, k), X)))(keys)
+    return jax.jit(jax.vmap(lambda k: _kernels(net, _init_params(net, k), X)))(keys)
 
 
 class Trajectory(NamedTuple):
@@ -245,13 +411,18 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
       depth, width, activation, gamma0, parameterization: the network (see the module docstring).
       eta: learning rate in DMFT units (the weights move with ``eta * ntk_scale``).
       steps: number of gradient steps T; records have T+1 entries, entry 0 at initialisation.
-      key: PRNG key; seed s uses ``jax.random.split(key, n_seeds)[s]``.
+      key: PRNG key (or an integer seed); seed s uses ``jax.random.split(key, n_seeds)[s]``.
       record_every: kernels are recorded every this many steps (must divide ``steps``);
         default ``steps`` (at initialisation and at the end only).
       X_test: optional test inputs (P_test, D) whose predictions are recorded at every step.
       center: train and record ``f(x; theta) - f(x; theta_0)``, the output minus its value at
         initialisation, so that ``delta[0] = y`` exactly as in the infinite-width theory (the
         gradients, hence the kernels, are unchanged).
+
+    A request whose memory (weights and activations of all seeds at once, the recorded kernels,
+    the per-step records) cannot fit is refused before anything is allocated, and so is a
+    ``gamma0`` or input scale whose output or learning rate must overflow the floating-point
+    type. A run that still produces non-finite values warns (``RuntimeWarning``) with the cause.
     """
     X = jnp.asarray(_checks.inputs(X, "X"))
     y = jnp.asarray(_checks.targets(y, X.shape[0], "y"), X.dtype)
@@ -264,24 +435,154 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
                                                                            "record_every")
     if steps % record_every:
         raise ValueError(f"record_every must divide steps={steps}; got {record_every}")
+    center = _checks.flag(center, "center")
+    key = _checks.prng_key(key, "key")
     if X_test is not None:
         X_test = jnp.asarray(_checks.inputs(X_test, "X_test"), X.dtype)
         if X_test.shape[1] != X.shape[1]:
             raise ValueError(f"X_test must have D={X.shape[1]} columns like X; "
                              f"got shape {X_test.shape}")
+    P_test = 0 if X_test is None else X_test.shape[0]
+    _checks.fits(*train_bytes(net, X.shape[0], P_test, steps=steps, record_every=record_every,
+                              n_seeds=n_seeds))
+    _check_scales(net, X, eta, center)
     keys = jax.random.split(key, n_seeds)
-    run = _trainer(net, steps, record_every, X_test is not None, bool(center))
-    out = run(keys, X, y, X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
-              jnp.asarray(eta * scalings(net).ntk_scale, X.dtype))
+    run = _trainer(net, steps, record_every, X_test is not None, center)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = run(keys, X, y,
+                  X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
+                  jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype))
     loss, delta, f_test, ntk, phi, g, params = out
-    if not bool(jnp.all(jnp.isfinite(loss))):
-        import warnings
-        warnings.warn("training diverged (non-finite loss); lower eta "
-                      f"(eta={eta}, parameterization={parameterization!r}, width={width})",
-                      RuntimeWarning, stacklevel=2)
     times = np.arange(0, steps + 1, record_every)
+    _warn_if_not_finite(net, X, eta, loss, delta, f_test if X_test is not None else None,
+                        ntk, phi, g, times)
     return Trajectory(loss, delta, f_test if X_test is not None else None, times, ntk,
                       phi, g, params, net)
+
+
+def train_bytes(net: MLP, P: int, P_test: int = 0, *, steps: int, record_every: int,
+                n_seeds: int = 1):
+    """Estimated memory of :func:`train_mlp` as ``(bytes, argument to reduce, description)``.
+
+    Per seed (all seeds are vmapped, so they live at once): the weights four times (initial,
+    current, gradient, update), the activations of the forward and backward passes and of the
+    kernel computation, the recorded kernels ``(steps / record_every + 1) (2 L + 1) P^2`` (twice:
+    the scan's stack and the concatenated copy) and the per-step records ``(steps + 1)
+    (1 + P + P_test)`` (three times).
+    """
+    L, N = net.depth, net.width
+    n_rec = steps // record_every + 1
+    terms = {
+        "width": 4 * n_params(net) + 8 * (P + P_test) * N * L,
+        "record_every (record the kernels less often) or the number of rows of X":
+            2 * n_rec * (2 * L + 1) * P * P,
+        "steps": 3 * (steps + 1) * (1 + P + P_test),
+    }
+    total = n_seeds * _itemsize() * sum(terms.values())
+    blame = max(terms, key=terms.get)
+    if n_seeds > 1:
+        blame += " or n_seeds"
+    return (total, blame, f"training {n_seeds} network(s) of width {N} and depth {L} for "
+                          f"{steps} steps on {P} inputs")
+
+
+def _output_scale(net: MLP, X) -> float:
+    """Typical |f(x)| at initialisation: readout multiplier x init std x sqrt(N) x the size of
+    phi(h^L) (which grows with the inputs for the homogeneous relu and linear activations and
+    stays below 1 for tanh and erf)."""
+    sc = _scalings(net)
+    x_rms = float(np.sqrt(np.mean(np.square(np.asarray(X, np.float64)))))
+    act = x_rms if net.activation in ("relu", "linear") else min(x_rms, 1.0)
+    return sc.multiplier[-1] * sc.init_std[-1] * np.sqrt(net.width) * act
+
+
+def _check_scales(net: MLP, X, eta: float, center: bool) -> None:
+    """Refuse a gamma0, eta or input scale whose arithmetic must overflow the float type."""
+    dtype = np.dtype(X.dtype)
+    fi = np.finfo(dtype)
+    sc = _scalings(net)
+    g0 = net.gamma0
+    lr = eta * sc.ntk_scale
+    what = {"mup": "gamma0^2 N", "ntk": "gamma0^2", "standard": "gamma0^2"}[net.parameterization]
+    if lr > float(fi.max) / 16:
+        raise ValueError(f"the weights' learning rate eta * {what} = {lr:.3g} overflows "
+                         f"{dtype.name} (max {float(fi.max):.3g}): gamma0={g0:g} or eta={eta:g} "
+                         f"is too large")
+    if 0 < lr < float(fi.tiny) * 2 ** 10:
+        raise ValueError(f"the weights' learning rate eta * {what} = {lr:.3g} underflows "
+                         f"{dtype.name} (smallest normal {float(fi.tiny):.3g}): gamma0={g0:g} is "
+                         f"too small for this precision (enable float64 or increase gamma0)")
+    xmax = float(np.max(np.abs(np.asarray(X))))
+    if xmax ** 2 * X.shape[1] > float(fi.max) / 16:
+        raise ValueError(f"X is too large for {dtype.name}: its largest entry {xmax:.3g} makes "
+                         f"the input kernel X X^T overflow; rescale the inputs "
+                         f"(e.g. wn.data.normalize)")
+    f_scale = _output_scale(net, X)
+    limit = np.sqrt(float(fi.max) / 16) if not center else float(fi.max) / 16
+    if f_scale > limit:
+        raise ValueError(f"gamma0={g0:g} is too small for {dtype.name}: the output at "
+                         f"initialisation, of size ~{f_scale:.3g} (readout multiplier "
+                         f"{sc.multiplier[-1]:.3g}, input RMS "
+                         f"{np.sqrt(np.mean(np.square(np.asarray(X, np.float64)))):.3g}), "
+                         f"{'' if center else 'squared in the loss, '}must overflow "
+                         f"(max {float(fi.max):.3g}); increase gamma0 or enable float64")
+    if f_scale * float(fi.eps) > 0.01:
+        import warnings
+        warnings.warn(f"gamma0={g0:g}: the output at initialisation, of size ~{f_scale:.3g}, is so "
+                      f"large that {dtype.name} round-off of the output"
+                      f"{' minus its initial value' if center else ''} (~{f_scale * float(fi.eps):.2g}) "
+                      f"is comparable to targets of size 1; increase gamma0 or enable float64",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _warn_if_not_finite(net, X, eta, loss, delta, f_test, ntk, phi, g, times) -> None:
+    """Warn, naming the actual cause, when a trajectory holds NaN or infinite values."""
+    import warnings
+    loss = np.asarray(loss)
+    fields = {"loss": loss, "delta": delta, "f_test": f_test, "ntk": ntk, "phi": phi, "g": g}
+    bad = [k for k, v in fields.items() if v is not None and not bool(jnp.all(jnp.isfinite(v)))]
+    if not bad:
+        return
+    dtype = np.dtype(X.dtype).name
+    g0 = net.gamma0
+    finite_t = np.all(np.isfinite(loss), axis=0)
+    if not np.all(finite_t):
+        t_bad = int(np.argmin(finite_t))
+        if t_bad == 0:
+            cause = (f"the loss is not finite already at initialisation: the output, of size "
+                     f"~{_output_scale(net, X):.3g} (gamma0={g0:g}, readout multiplier "
+                     f"{_scalings(net).multiplier[-1]:.3g}), overflows {dtype}; eta is not the "
+                     f"cause: increase gamma0, rescale the inputs or enable float64")
+        else:
+            K0 = np.asarray(ntk[:, 0], np.float64)
+            K0 = K0[np.all(np.isfinite(K0), axis=(1, 2))]
+            if len(K0):
+                lam = float(np.max(np.linalg.eigvalsh((K0 + K0.transpose(0, 2, 1)) / 2)[:, -1]))
+                eta_max = 2 * X.shape[0] / max(lam, 1e-300)
+                x_rms = float(np.sqrt(np.mean(np.square(np.asarray(X, np.float64)))))
+                if eta > eta_max and x_rms > 10:
+                    cause = (f"the inputs' scale (RMS {x_rms:.3g}; normalised inputs have RMS 1) "
+                             f"makes the initial NTK large (lambda_max = {lam:.3g}), so eta={eta:g} "
+                             f"is above its stable learning rate 2P/lambda_max = {eta_max:.3g}: "
+                             f"rescale X (e.g. wn.data.normalize) or lower eta")
+                elif eta > eta_max:
+                    cause = (f"eta={eta:g} is above the stable learning rate 2P/lambda_max = "
+                             f"{eta_max:.3g} of the initial NTK: lower eta")
+                else:
+                    cause = (f"eta={eta:g} is below the initial stable rate 2P/lambda_max = "
+                             f"{eta_max:.3g}, so the NTK grew during training (feature learning "
+                             f"at gamma0={g0:g}) or an intermediate value overflowed {dtype}: "
+                             f"lower eta")
+            else:
+                cause = f"the initial NTK overflows {dtype}; lower eta or rescale the inputs"
+        warnings.warn(f"training diverged (non-finite loss from step {t_bad}): {cause} "
+                      f"(parameterization={net.parameterization!r}, width={net.width})",
+                      RuntimeWarning, stacklevel=3)
+    else:
+        warnings.warn(f"the recorded {', '.join(bad)} hold NaN or infinite values although the "
+                      f"loss is finite: the kernels overflow {dtype} (gamma0={g0:g}, input RMS "
+                      f"{float(np.sqrt(np.mean(np.square(np.asarray(X, np.float64))))):.3g}); "
+                      f"rescale the inputs or enable float64", RuntimeWarning, stacklevel=3)
 
 
 _TRAINERS: dict = {}
@@ -298,13 +599,13 @@ def _trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: b
     n_chunks = steps // record_every
 
     def one_seed(key, X, y, X_test, lr):
-        params = init_params(net, key)
+        params = _init_params(net, key)
         # centring subtracts the output at initialisation (the DMFT's f(0) = 0)
-        f_init = apply(net, params, X)[:, 0] if center else jnp.zeros(X.shape[0], X.dtype)
-        ft_init = apply(net, params, X_test)[:, 0] if center and with_test else 0.0
+        f_init = _apply(net, params, X)[:, 0] if center else jnp.zeros(X.shape[0], X.dtype)
+        ft_init = _apply(net, params, X_test)[:, 0] if center and with_test else 0.0
 
         def out(p, x, f0):
-            return apply(net, p, x)[:, 0] - f0
+            return _apply(net, p, x)[:, 0] - f0
 
         def loss_fn(p):
             f = out(p, X, f_init)
@@ -317,12 +618,12 @@ def _trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: b
             return p, (loss, y - f, ft)
 
         def chunk(p, _):
-            k = kernels(net, p, X)
+            k = _kernels(net, p, X)
             p, rec = jax.lax.scan(step, p, None, length=record_every)
             return p, (k, rec)
 
         params, (ks, (loss, delta, ft)) = jax.lax.scan(chunk, params, None, length=n_chunks)
-        k_end = kernels(net, params, X)
+        k_end = _kernels(net, params, X)
         f_end = out(params, X, f_init)
         ft_end = out(params, X_test, ft_init) if with_test else jnp.zeros((0,), X.dtype)
         flat = lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
@@ -366,22 +667,37 @@ def coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", g
     """
     X = jnp.asarray(_checks.inputs(X, "X"))
     y = jnp.asarray(_checks.targets(y, X.shape[0], "y"), X.dtype)
-    widths = [_checks.positive_int(int(n), "widths") for n in np.atleast_1d(widths)]
+    widths = _checks.int_list(widths, "widths")
     steps = _checks.positive_int(steps, "steps")
     n_seeds = _checks.positive_int(n_seeds, "n_seeds")
     eta = _checks.nonnegative(eta, "eta")
+    key = _checks.prng_key(key, "key")
+    nets_ = [make_mlp(X.shape[1], depth=depth, width=N, activation=activation,
+                      parameterization=parameterization, gamma0=gamma0) for N in widths]
+    P, L = X.shape[0], nets_[0].depth
+    widest = max(nets_, key=lambda n: n.width)
+    need = n_seeds * _itemsize() * (4 * n_params(widest) + 8 * P * widest.width * L
+                                    + steps * (L + 1))
+    _checks.fits(need, "widths (the largest)" + (" or n_seeds" if n_seeds > 1 else ""),
+                 f"a coordinate check of {n_seeds} network(s) of width {widest.width}")
+    for net in nets_:
+        _check_scales(net, X, eta, center=False)
     h_size, dh_size, df_size = [], [], []
-    for N in widths:
-        net = make_mlp(X.shape[1], depth=depth, width=N, activation=activation,
-                       parameterization=parameterization, gamma0=gamma0)
-        lr = jnp.asarray(eta * scalings(net).ntk_scale, X.dtype)
+    for net in nets_:
+        lr = jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype)
         run = _coord_runner(net, steps)
         hs0, dhs, dfs = run(jax.random.split(key, n_seeds), X, y, lr)
         h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
         dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
         df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))
-    return CoordCheck(np.asarray(widths), np.stack(h_size), np.stack(dh_size), np.stack(df_size),
-                      parameterization)
+    out = CoordCheck(np.asarray(widths), np.stack(h_size), np.stack(dh_size), np.stack(df_size),
+                     parameterization)
+    if not all(np.all(np.isfinite(a)) for a in out[1:4]):
+        import warnings
+        warnings.warn(f"coord_check: non-finite coordinate sizes (the updates diverged): "
+                      f"eta={eta:g} is too large for the {parameterization!r} parameterisation "
+                      f"at the widest width", RuntimeWarning, stacklevel=2)
+    return out
 
 
 _COORD: dict = {}
@@ -392,15 +708,15 @@ def _coord_runner(net: MLP, steps: int):
         return _COORD[net, steps]
 
     def one_seed(key, X, y, lr):
-        params = init_params(net, key)
-        hs0, f0 = forward(net, params, X)
+        params = _init_params(net, key)
+        hs0, f0 = _forward(net, params, X)
 
         def loss_fn(p):
-            return 0.5 * jnp.mean((apply(net, p, X)[:, 0] - y) ** 2)
+            return 0.5 * jnp.mean((_apply(net, p, X)[:, 0] - y) ** 2)
 
         def step(p, _):
             p = jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, jax.grad(loss_fn)(p))
-            hs, f = forward(net, p, X)
+            hs, f = _forward(net, p, X)
             dh = jnp.stack([jnp.mean((h - h0) ** 2) for h, h0 in zip(hs, hs0)])
             return p, (dh, jnp.mean((f - f0) ** 2))
 

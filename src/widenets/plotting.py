@@ -3,6 +3,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _checks
+
+
+def _positive_1d(v, argname: str, n: int | None = None) -> np.ndarray:
+    v = _checks.real_array(v, argname).astype(float)
+    if v.ndim != 1 or (n is not None and v.shape[0] != n):
+        need = f"shape ({n},)" if n is not None else "a 1-d array"
+        raise ValueError(f"{argname} must be {need}; got shape {v.shape}")
+    if not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise ValueError(f"loglog_slope needs positive, finite {argname}; got {v}")
+    return v
+
 
 def style():
     """Apply the book's matplotlib style (readable fonts, light grid, no top/right spines)."""
@@ -17,16 +29,21 @@ def style():
 
 def loglog_slope(x, y):
     """Least-squares slope and intercept of log(y) against log(x)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if np.any(x <= 0) or np.any(y <= 0):
-        raise ValueError("loglog_slope needs positive x and y")
+    x = _positive_1d(x, "x")
+    y = _positive_1d(y, "y", n=len(x))
+    if len(np.unique(x)) < 2:
+        raise ValueError(f"loglog_slope needs at least two distinct x values; got {x}")
     slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
     return float(slope), float(intercept)
 
 
 def reference_slope(ax, x, y0, slope, label=None, **kw):
     """Draw the power law ``y0 * (x / x[0])**slope`` as a dashed guide on a log-log axis."""
-    x = np.asarray(x, float)
+    x = _positive_1d(x, "x")
+    y0 = _checks.nonnegative(y0, "y0", strict=True)
+    slope = float(_checks.real_array(slope, "slope"))
+    if not np.isfinite(slope):
+        raise ValueError(f"slope must be finite; got {slope}")
     kw.setdefault("color", "0.4")
     kw.setdefault("ls", "--")
     ax.plot(x, y0 * (x / x[0]) ** slope, label=label or rf"$\propto N^{{{slope:g}}}$", **kw)
@@ -34,8 +51,15 @@ def reference_slope(ax, x, y0, slope, label=None, **kw):
 
 def errorband(ax, x, samples, label=None, axis=0, **kw):
     """Plot the mean over ``axis`` of ``samples`` with a +-1 standard-error band."""
-    samples = np.asarray(samples)
+    samples = _checks.real_array(samples, "samples")
+    if samples.ndim not in (1, 2) or axis not in (0, 1, -1) or axis >= samples.ndim:
+        raise ValueError(f"samples must be 1-d or 2-d with axis 0 or 1 the samples; got shape "
+                         f"{samples.shape}, axis={axis!r}")
+    _checks.finite(samples, "samples")
     m = samples.mean(axis=axis)
+    if np.shape(x) != m.shape:
+        raise ValueError(f"x must have one entry per point, shape {m.shape} (samples has shape "
+                         f"{samples.shape}, averaged over axis {axis}); got shape {np.shape(x)}")
     se = samples.std(axis=axis, ddof=1) / np.sqrt(samples.shape[axis]) if samples.shape[axis] > 1 \
         else np.zeros_like(m)
     (line,) = ax.plot(x, m, label=label, **kw)

@@ -36,7 +36,7 @@ def name() -> str:
 def pick(*, ci, cpu, gpu=None, preset: str | None = None):
     """Return the value for the active preset (``gpu`` falls back to ``cpu`` if omitted)."""
     preset = name() if preset is None else preset
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}; got {preset!r}")
     return {"ci": ci, "cpu": cpu, "gpu": cpu if gpu is None else gpu}[preset]
 

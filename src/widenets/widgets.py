@@ -9,7 +9,57 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import kernels, nets
+from . import _checks, kernels, nets
+
+
+def _axes(ax, n: int, argname: str = "ax"):
+    """``n`` matplotlib Axes (one Axes when n == 1), else a ValueError saying what is needed."""
+    from matplotlib.axes import Axes
+    if n == 1:
+        if not isinstance(ax, Axes):
+            raise ValueError(f"{argname} must be a matplotlib Axes (e.g. plt.subplots()[1]); "
+                             f"got {type(ax).__name__}")
+        return ax
+    try:
+        axes = list(np.ravel(np.asarray(ax, dtype=object)))
+    except TypeError:
+        axes = []
+    if len(axes) != n or not all(isinstance(a, Axes) for a in axes):
+        raise ValueError(f"{argname} must be {n} matplotlib Axes (e.g. plt.subplots(1, {n})[1]); "
+                         f"got {ax!r}")
+    return axes
+
+
+def _task(task, need_test: bool = False):
+    """A :class:`widenets.data.Task` with finite inputs and targets (and test points if needed)."""
+    from .data import Task
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be a widenets.data.Task (e.g. wn.data.gaussian_task(...)); "
+                         f"got {type(task).__name__}")
+    X = _checks.inputs(task.X, "task.X")
+    _checks.targets(task.y, X.shape[0], "task.y")
+    if need_test:
+        if task.X_test is None:
+            raise ValueError("task must have test points (task.X_test), e.g. "
+                             "wn.data.gaussian_task(key, P, D, P_test=50)")
+        Xt = _checks.inputs(task.X_test, "task.X_test")
+        if Xt.shape[1] != X.shape[1]:
+            raise ValueError(f"task.X_test must have D={X.shape[1]} columns like task.X; "
+                             f"got shape {Xt.shape}")
+    return task
+
+
+def _key(key):
+    return jax.random.PRNGKey(0) if key is None else _checks.prng_key(key, "key")
+
+
+def _slider_widths(widths):
+    """At least two distinct widths for a width slider (its default is the second one)."""
+    widths = _checks.int_list(widths, "widths")
+    if len(widths) < 2 or len(set(widths)) != len(widths):
+        raise ValueError(f"widths must hold at least two distinct widths for the slider "
+                         f"(it starts at the second); got {widths}")
+    return widths
 
 
 def _panel(draw, *, ncols, figsize, **controls):
@@ -35,7 +85,11 @@ def draw_lazy_training(ax, task, *, width, depth, lr_fraction, steps=100, n_seed
     ``2 P / lambda_max(K)`` of the analytic NTK. Returns the networks' final test-set gap
     to the predictor (root mean square).
     """
-    key = jax.random.PRNGKey(0) if key is None else key
+    ax = _axes(ax, 1)
+    task = _task(task, need_test=True)
+    lr_fraction = _checks.nonnegative(lr_fraction, "lr_fraction", strict=True)
+    legend = _checks.flag(legend, "legend")
+    key = _key(key)
     K = kernels.analytic(task.X, depth=depth, activation=activation).ntk
     K_test = kernels.analytic(task.X_test, task.X, depth=depth, activation=activation).ntk
     eta = lr_fraction * kernels.max_learning_rate(K)
@@ -64,8 +118,15 @@ def draw_lazy_training(ax, task, *, width, depth, lr_fraction, steps=100, n_seed
 
 
 def lazy_training_panel(task, *, widths=(64, 256, 1024, 4096), steps=100):
-    """ipywidgets panel (width, depth, learning rate) around :func:`draw_lazy_training`."""
+    """ipywidgets panel (width, depth, learning rate) around :func:`draw_lazy_training`.
+
+    ``widths``: at least two distinct widths (the slider starts at the second).
+    """
     import ipywidgets as w
+
+    task = _task(task, need_test=True)
+    widths = _slider_widths(widths)
+    steps = _checks.positive_int(steps, "steps")
 
     return _panel(
         lambda ax, **v: draw_lazy_training(ax, task, steps=steps, **v), ncols=1, figsize=(5.5, 3.8),
@@ -83,7 +144,9 @@ def draw_feature_learning(axes, task, *, width, gamma0, parameterization="mup", 
     The kernel heat map orders the samples by target, so a kernel aligned with the task shows
     two blocks. Returns ``(final loss, target alignment of Phi^L(T))``.
     """
-    key = jax.random.PRNGKey(0) if key is None else key
+    axes = _axes(axes, 2, "axes")
+    task = _task(task)
+    key = _key(key)
     tr = nets.train_mlp(task.X, task.y, depth=depth, width=width, activation=activation,
                         gamma0=gamma0, eta=eta, steps=steps, key=key, n_seeds=1,
                         parameterization=parameterization, center=True)
@@ -103,8 +166,15 @@ def draw_feature_learning(axes, task, *, width, gamma0, parameterization="mup", 
 
 
 def feature_learning_panel(task, *, widths=(64, 256, 1024), steps=200):
-    """ipywidgets panel (gamma0, width, parameterisation) around :func:`draw_feature_learning`."""
+    """ipywidgets panel (gamma0, width, parameterisation) around :func:`draw_feature_learning`.
+
+    ``widths``: at least two distinct widths (the slider starts at the second).
+    """
     import ipywidgets as w
+
+    task = _task(task)
+    widths = _slider_widths(widths)
+    steps = _checks.positive_int(steps, "steps")
 
     return _panel(
         lambda axes, **v: draw_feature_learning(axes, task, steps=steps, **v), ncols=2,
@@ -124,6 +194,7 @@ def draw_deep_linear(axes, Kx, y, *, gamma0, depth, eta, steps=100):
     Returns the final losses as a dict.
     """
     from . import dmft
+    axes = _axes(axes, 2, "axes")
     kw = dict(depth=depth, eta=eta, steps=steps)
     sols = {"DMFT": dmft.deep_linear(Kx, y, gamma0=gamma0, **kw),
             "static NTK": dmft.static_ntk(Kx, y, **kw),
@@ -148,6 +219,11 @@ def draw_deep_linear(axes, Kx, y, *, gamma0, depth, eta, steps=100):
 def deep_linear_panel(Kx, y, *, steps=100):
     """ipywidgets panel (gamma0, depth, eta) around :func:`draw_deep_linear`."""
     import ipywidgets as w
+
+    # a panel's callback only logs its errors: check the data before building it
+    Kx = _checks.kernel_matrix(Kx, "Kx")
+    y = _checks.targets(y, Kx.shape[0], "y")
+    steps = _checks.positive_int(steps, "steps")
 
     return _panel(
         lambda axes, **v: draw_deep_linear(axes, Kx, y, steps=steps, **v), ncols=2,
@@ -176,10 +252,14 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
     from scipy.stats import kurtosis   # excess kurtosis: 0 for a Gaussian
 
     from . import data, dmft
-    key = jax.random.PRNGKey(0) if key is None else key
+    axes = _axes(axes, 3, "axes")
+    key = _key(key)
     k_dmft, k_net = jax.random.split(key)
-    X = jnp.asarray(X)
-    y = jnp.asarray(y, X.dtype)
+    X = jnp.asarray(_checks.inputs(X, "X"))
+    y = jnp.asarray(_checks.targets(y, X.shape[0], "y"), X.dtype)
+    if width is not None:
+        width = _checks.positive_int(width, "width")
+        n_seeds = _checks.positive_int(n_seeds, "n_seeds")
     Kx = data.input_kernel(X)
     kw = dict(depth=depth, activation=activation, eta=eta, steps=steps, samples=samples,
               key=k_dmft)
@@ -241,6 +321,16 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
 def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_seeds=4):
     """ipywidgets panel (gamma0, activation, depth) around :func:`draw_nonlinear`."""
     import ipywidgets as w
+
+    # a panel's callback only logs its errors: check the arguments before building it
+    X = _checks.inputs(X, "X")
+    y = _checks.targets(y, X.shape[0], "y")
+    eta = _checks.nonnegative(eta, "eta")
+    steps = _checks.positive_int(steps, "steps")
+    samples = _checks.positive_int(samples, "samples", minimum=2)
+    if width is not None:
+        width = _checks.positive_int(width, "width")
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
 
     return _panel(
         lambda axes, **v: draw_nonlinear(axes, X, y, eta=eta, steps=steps, samples=samples,
