@@ -1,18 +1,23 @@
 # Two commands for a fresh machine (both work offline once the packages are installed):
 #   make book   set up .venv, execute every chapter at the `cpu` preset, build _build/html
-#   make test   set up .venv, run the unit tests and every notebook under nbval (`ci` preset),
-#               then the strict book build, so a broken reference or check fails too
+#   make test   set up .venv; unit tests and every chapter executed once (`ci` preset), side by
+#               side under pytest-xdist; the strict book build rendering those executed
+#               chapters; then the built book checked, in headless Chromium when installed
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 JB      := $(VENV)/bin/jupyter-book
 JBFLAGS := -W -n --keep-going
+JOBS    ?= 2
+# make test: the chapters' executed copies (rendered by the build instead of executing again)
+EXECUTED := _build/executed
+CI_ENV  := WIDENETS_PRESET=ci JAX_PLATFORMS=cpu
 
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: install book test unit nbval book-strict clean
+.PHONY: install book test test-units-and-chapters test-build test-book clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,9 +33,29 @@ book: install
 	@echo "Book built: open _build/html/index.html"
 
 test: install
-	WIDENETS_PRESET=ci JAX_PLATFORMS=cpu $(PY) -m pytest -q -p no:cacheprovider tests \
-	  --nbval-lax --nbval-cell-timeout=600 notebooks
-	WIDENETS_PRESET=ci JAX_PLATFORMS=cpu $(JB) build . $(JBFLAGS)
+	@$(MAKE) --no-print-directory test-units-and-chapters
+	@$(MAKE) --no-print-directory test-build
+	@$(MAKE) --no-print-directory test-book
+
+# 1. unit tests and the chapters (tests/test_chapters.py first, so the chapters start at once
+#    on both workers): each chapter is executed once, its hidden checks included
+test-units-and-chapters:
+	rm -rf $(EXECUTED)
+	$(CI_ENV) WIDENETS_EXECUTED=$(EXECUTED) $(PY) -m pytest -q -p no:cacheprovider \
+	  -n $(JOBS) --durations=25 tests/test_chapters.py tests
+
+# 2. the strict book build renders those executed copies (it never executes a notebook)
+test-build:
+	$(CI_ENV) $(PY) scripts/build_book.py --executed $(EXECUTED)
+
+# 3. the built book: executed copies complete, every page in headless Chromium
+test-book:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo; echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	  echo "!!! WARNING: Chromium is not installed: the built book is NOT checked in a   !!!"; \
+	  echo "!!! browser (equations, JavaScript errors, figures). apt-get install chromium !!!"; \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; echo; }
+	$(CI_ENV) WIDENETS_BOOK=_build $(PY) -m pytest -q -p no:cacheprovider -rs tests/test_book.py
 
 clean:
 	rm -rf _build

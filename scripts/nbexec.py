@@ -15,6 +15,7 @@ kills the kernel, so the execution ends in seconds with a message naming noteboo
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from typing import Callable
@@ -163,10 +164,13 @@ def execute(path, *, timeout: int, idle: float, watchdog: Watchdog | None = None
         on_cell_execute=on_cell_execute, on_cell_executed=on_cell_executed)
     with watchdog.lock:
         watchdog.client, watchdog.stalls = client, []
+    # The kernel gets this process's environment less MPLBACKEND: tests/conftest.py sets Agg
+    # for the unit tests, and a kernel started with it would draw no figure at all.
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     t0 = time.monotonic()
     status, message = "ok", ""
     try:
-        client.execute()
+        client.execute(env=env)
     except CellTimeoutError as exc:
         status, message = "timeout", str(exc).strip()
     except DeadKernelError as exc:
