@@ -55,7 +55,7 @@ test-book:
 	  echo "!!! WARNING: Chromium is not installed: the built book is NOT checked in a   !!!"; \
 	  echo "!!! browser (equations, JavaScript errors, figures). apt-get install chromium !!!"; \
 	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; echo; }
-	$(CI_ENV) WIDENETS_BOOK=_build $(PY) -m pytest -q -p no:cacheprovider -rs tests/test_book.py
+	$(CI_ENV) WIDENETS_BOOK=_build WIDENETS_EXECUTED=$(EXECUTED) $(PY) -m pytest -q -p no:cacheprovider -rs tests/test_book.py
 
 clean:
 	rm -rf _build

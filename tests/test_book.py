@@ -3,8 +3,9 @@
 WIDENETS_BOOK names the build folder (make test: `_build`); without it these tests are
 skipped, so that a plain `pytest tests` does not check a stale or missing build.
 
-* the executed copies the build rendered (`_build/jupyter_execute/notebooks/*.ipynb`) ran
-  every code cell, the hidden check cells included, without an error, at the expected preset;
+* the executed copies the build rendered (make test: `_build/executed/*.ipynb`, named by
+  WIDENETS_EXECUTED) ran every code cell, the hidden check cells included, without an error,
+  at the expected preset, and every cell that shows a figure has one;
 * every HTML page passes scripts/browser_check.py in headless Chromium (JavaScript errors,
   equations typeset by the local MathJax, images, error outputs, each chapter's Colab button
   and static slider grid), and a screenshot of each page is saved under
@@ -22,6 +23,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BUILD = pathlib.Path(os.environ["WIDENETS_BOOK"]) if os.environ.get("WIDENETS_BOOK") else None
 HTML = BUILD / "html" if BUILD else None
+# The executed notebooks the build rendered: make test's (WIDENETS_EXECUTED, put into the
+# build's jupyter-cache by scripts/build_book.py), else those a `make book` build executed
+# itself (myst-nb writes them to jupyter_execute/ in force mode; in cache mode it writes the
+# unexecuted notebook there, hence WIDENETS_EXECUTED).
+EXECUTED = (pathlib.Path(os.environ["WIDENETS_EXECUTED"]) if os.environ.get("WIDENETS_EXECUTED")
+            else BUILD / "jupyter_execute" / "notebooks" if BUILD else None)
 
 pytestmark = pytest.mark.skipif(
     BUILD is None, reason="set WIDENETS_BOOK=<build folder> (make test does) to check the build")
@@ -40,7 +47,7 @@ def _pages():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_chapter_ran_every_cell_in_the_build(path):
-    executed = BUILD / "jupyter_execute" / "notebooks" / path.name
+    executed = EXECUTED / path.name
     assert executed.exists(), f"the build did not render {path.name} ({executed} is missing)"
     nb = json.loads(executed.read_text())
     code = [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
@@ -53,6 +60,12 @@ def test_chapter_ran_every_cell_in_the_build(path):
     checks = [i for i, c in code if "remove-cell" in c.get("metadata", {}).get("tags", [])
               and "assert" in "".join(c["source"])]
     assert checks, f"{path.name}: no hidden check cell was executed"
+    # every cell that shows a figure produced one (a kernel with a non-inline matplotlib
+    # backend, e.g. MPLBACKEND=Agg inherited from the test process, draws none)
+    no_figure = [i for i, c in code if "plt.show()" in "".join(c["source"])
+                 and not {"remove-output", "remove-cell"} & set(c.get("metadata", {}).get("tags", []))
+                 and not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+    assert not no_figure, f"{path.name}: cells {no_figure} call plt.show() but show no figure"
     preset = os.environ.get("WIDENETS_PRESET")
     if preset:
         text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
