@@ -357,13 +357,16 @@ def check_book(html_root: pathlib.Path, only: list[str] | None = None,
             shot = shots / (rel.removesuffix(".html") + ".png")
             shot.parent.mkdir(parents=True, exist_ok=True)
             try:
+                # full page: a viewport as tall as the page (captureBeyondViewport would lay the
+                # sticky sidebars out half off-screen), scaled down to at most MAX_SHOT_HEIGHT px
                 metrics = cdp.send("Page.getLayoutMetrics")
-                width = metrics["cssLayoutViewport"]["clientWidth"]
                 height = max(int(metrics["cssContentSize"]["height"]), 1)
                 scale = min(1.0, MAX_SHOT_HEIGHT / height)
-                png = cdp.send("Page.captureScreenshot", {
-                    "format": "png", "captureBeyondViewport": True,
-                    "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": scale}})
+                cdp.send("Emulation.setDeviceMetricsOverride", {
+                    "width": 1280, "height": height, "deviceScaleFactor": scale, "mobile": False})
+                cdp.drain(0.5)
+                png = cdp.send("Page.captureScreenshot", {"format": "png"})
+                cdp.send("Emulation.clearDeviceMetricsOverride")
                 shot.write_bytes(base64.b64decode(png["data"]))
             except (TimeoutError, RuntimeError, KeyError) as exc:
                 problems.append(f"no screenshot: {exc}")
