@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Execute the chapters many times in a row and count stalled cells (issue 10, part 8).
 
-A *stall* is a cell during which the kernel sits idle: its CPU time (with its children's)
-does not advance for `--idle` seconds although the client is still waiting for the cell's
-reply. That is the signature of a message lost between client and kernel; a cell that is
-merely slow keeps the kernel busy. On a stall the script first opens a second connection
-to the kernel and sends it a `kernel_info_request` (a fresh connection wakes a shell socket
-whose wake-up was lost, ipykernel #1554); if the cell then completes the stall is recorded as
-`stall-recovered`, otherwise the kernel is killed and the run recorded as `stall`.
+Each execution goes through scripts/nbexec.py, whose watchdog spots a *stall*: a cell during
+which the kernel sits idle (its CPU time does not advance for `--idle` seconds) although the
+client still waits for the cell's reply -- the signature of a message lost between client
+and kernel; a merely slow cell keeps the kernel busy. On a stall a second connection pokes
+the kernel (`kernel_info_request`; a fresh connection wakes a shell socket whose wake-up was
+lost, ipykernel #1554): if the cell then completes the run is recorded as `stall-recovered`,
+otherwise the kernel is killed and the run recorded as `stall`.
 
 Every execution is one row of a CSV (default benchmarks/results/stall_check.csv, appended
 to) and every cell one row of a second CSV (`*_cells.csv`), so the per-cell timeout of the
@@ -130,6 +130,10 @@ def main(argv=None) -> int:
 
     fields = ["time", "label", "ipykernel", "round", "notebook", "status", "seconds",
               "kernel_cpu", "slowest_cell", "slowest_cell_seconds", "note"]
+    if args.csv.exists() and args.csv.read_text().split("\n", 1)[0] != ",".join(fields):
+        args.csv = args.csv.with_name(f"{args.csv.stem}_{dt.datetime.now():%Y%m%d_%H%M%S}.csv")
+        cells_csv = args.csv.with_name(args.csv.stem + "_cells.csv")
+        log(f"the CSV has other columns; writing to {args.csv}")
     new = not args.csv.exists()
     new_cells = not cells_csv.exists()
     watchdog = Watchdog(args.idle, log)
