@@ -80,15 +80,15 @@ def stress_notebook(n: int) -> pathlib.Path:
 def summarise(rows: list[dict], log) -> None:
     by_nb: dict[str, list[dict]] = {}
     for r in rows:
-        by_nb.setdefault(r["notebook"], []).append(r)
-    log(f"{'notebook':34s} {'runs':>4s} {'ok':>3s} {'stalls':>6s} {'min':>7s} {'median':>7s} "
+        by_nb.setdefault(f"{r['notebook']} [ipykernel {r['ipykernel']}]", []).append(r)
+    log(f"{'notebook [kernel]':52s} {'runs':>4s} {'ok':>3s} {'stalls':>6s} {'min':>7s} {'median':>7s} "
         f"{'max':>7s}  slowest cell (s)")
     for name, rs in sorted(by_nb.items()):
         ok = [float(r["seconds"]) for r in rs if r["status"] == "ok"]
         stalls = sum(r["status"].startswith("stall") or r["status"] == "timeout" for r in rs)
         worst = max(float(r["slowest_cell_seconds"]) for r in rs)
         stats = (min(ok), statistics.median(ok), max(ok)) if ok else (float("nan"),) * 3
-        log(f"{name:34s} {len(rs):4d} {len(ok):3d} {stalls:6d} {stats[0]:7.1f} {stats[1]:7.1f} "
+        log(f"{name:52s} {len(rs):4d} {len(ok):3d} {stalls:6d} {stats[0]:7.1f} {stats[1]:7.1f} "
             f"{stats[2]:7.1f}  {worst:.1f}")
 
 
@@ -110,7 +110,13 @@ def main(argv=None) -> int:
     ap.add_argument("--stress", type=int, default=0, metavar="N",
                     help="instead of the chapters, execute a generated notebook of N tiny cells "
                     "(many short round trips: a cheap way to provoke a lost message)")
+    ap.add_argument("--summarise", action="store_true",
+                    help="only print the summary of the runs already in --csv")
     args = ap.parse_args(argv)
+    if args.summarise:
+        with open(args.csv, newline="") as fh:
+            summarise(list(csv.DictReader(fh)), print)
+        return 0
     if args.stress:
         args.notebooks = [stress_notebook(args.stress)]
 
