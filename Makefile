@@ -37,12 +37,14 @@ test: install
 	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory test-book
 
-# 1. unit tests and the chapters (tests/test_chapters.py first, so the chapters start at once
-#    on both workers): each chapter is executed once, its hidden checks included
+# 1. unit tests and the chapters: each chapter is executed once, its hidden checks included.
+#    tests/test_chapters.py comes first and --dist loadgroup hands out tests one at a time in
+#    turn (the default hands each worker a run of consecutive tests: all the chapters to one),
+#    so the chapters start at once on both workers and the unit tests fill in around them
 test-units-and-chapters:
 	rm -rf $(EXECUTED)
 	$(CI_ENV) WIDENETS_EXECUTED=$(EXECUTED) $(PY) -m pytest -q -p no:cacheprovider \
-	  -n $(JOBS) --durations=25 tests/test_chapters.py tests
+	  -n $(JOBS) --dist loadgroup --durations=25 tests/test_chapters.py tests
 
 # 2. the strict book build renders those executed copies (it never executes a notebook)
 test-build:
