@@ -63,7 +63,8 @@ BAD_INPUTS = [
     *[pytest.param(_checks.prng_key, (v, "key"), r"\bkey must be a JAX PRNG key",
                    id=f"prng_key-{v!r}"[:40])
       for v in ("0", 1.5, None, True, [0, 1], np.zeros(2), np.zeros((3, 2), np.uint32),
-                jnp.zeros(3, jnp.uint32), {"seed": 0})],
+                jnp.zeros(3, jnp.uint32), {"seed": 0}, np.full(2, "a"), jnp.zeros(2, jnp.int32),
+                jax.random.split(jax.random.key(0), 2))],
     pytest.param(_checks.prng_key, (2 ** 64, "key"), r"\bkey: an integer seed must fit",
                  id="prng_key-2**64"),
     *[pytest.param(_checks.nonnegative, (v, "eta"), r"\beta must be", id=f"nonnegative-{v!r}")

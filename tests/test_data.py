@@ -88,8 +88,8 @@ def test_teacher_task_without_noise_is_bit_identical_to_the_formula_before_the_f
 
 
 # ----------------------------------------------------------------------------- kernels, circle
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2 ** 31 - 1), P=st.integers(1, 12), D=st.integers(1, 12),
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), P=st.sampled_from([1, 3, 7]), D=st.sampled_from([1, 4]),
        log_scale=st.floats(-30, 30))
 def test_input_kernel_has_unit_diagonal_on_normalised_inputs_of_any_scale(seed, P, D, log_scale):
     """normalize() rescales rows of any size, even 1e-30 or 1e30 whose squares leave float32."""
@@ -237,7 +237,7 @@ BAD_INPUTS = [
         (r"\bD must be 2", dict(D=3)),
         (r"\bD must be 2", dict(D=True)),
         (r"\bfn must be a function", dict(fn="sin")),
-        (r"\bfn\(2 theta\) contains NaN", dict(fn=lambda t: np.log(np.cos(t)))),
+        (r"\bfn\(2 theta\) contains NaN", dict(fn=lambda t: np.where(t > 3, np.nan, t))),
         (r"\bfn\(2 theta\) must have shape \(8,\)", dict(fn=lambda t: t[:3])),
         (r"\bfn\(2 theta\) must be an array of real", dict(fn=lambda t: t.astype(str))),
     )],

@@ -59,13 +59,12 @@ def prng_key(key, argname: str = "key"):
         if not -2**63 <= int(key) < 2**64:
             raise ValueError(f"{argname}: an integer seed must fit in 64 bits; got {key!r}")
         return jax.random.PRNGKey(int(key))
-    arr = None
     if isinstance(key, (jax.Array, np.ndarray)):
-        arr = key if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else jnp.asarray(key)
-    if arr is not None and (jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key)
-                            and arr.shape == ()
-                            or arr.dtype == jnp.uint32 and arr.shape == (2,)):
-        return arr
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape == ():
+                return key
+        elif key.dtype == np.uint32 and key.shape == (2,):   # a raw key, jax.random.PRNGKey(s)
+            return key if isinstance(key, jax.Array) else jnp.asarray(key)
     raise ValueError(f"{argname} must be a JAX PRNG key (jax.random.PRNGKey(seed) or "
                      f"jax.random.key(seed)) or an integer seed; got {key!r}")
 
@@ -77,8 +76,9 @@ def is_traced(x) -> bool:
 
 
 def memory_limit() -> int:
-    """Bytes a single request may use: 70% of the accelerator's memory, or of the machine's
-    physical memory on a CPU (``WIDENETS_MEMORY_LIMIT`` overrides, in bytes)."""
+    """Bytes a single request may use: on an accelerator, 90% of what its allocator has left
+    (XLA's pool, ``bytes_limit``, minus the buffers in use); on a CPU, 70% of the machine's
+    physical memory. ``WIDENETS_MEMORY_LIMIT`` (bytes) overrides both."""
     import os
     env = os.environ.get("WIDENETS_MEMORY_LIMIT", "").strip()
     if env:
@@ -95,7 +95,7 @@ def memory_limit() -> int:
         if dev.platform != "cpu":
             stats = dev.memory_stats() or {}
             if stats.get("bytes_limit"):
-                return int(0.7 * stats["bytes_limit"])
+                return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
     except Exception:   # no backend details: fall back to the host's memory
         pass
     return int(0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

@@ -39,10 +39,10 @@ def normalize(X):
         raise ValueError(f"X has rows of zeros (rows {np.flatnonzero(norms == 0)[:5].tolist()}): "
                          f"they cannot be rescaled to norm sqrt(D)")
     X = jnp.asarray(X)
-    sq = jnp.sum(X ** 2, axis=1)
+    sq = np.asarray(jnp.sum(X ** 2, axis=1), np.float64)      # in X's precision: it may overflow
     tiny = float(jnp.finfo(X.dtype).tiny)
     # D / |x|^2 must be a normal number too (denormals are flushed to zero on CPUs)
-    if bool(jnp.all(jnp.isfinite(sq) & (sq > tiny) & (sq < 0.25 * X.shape[1] / tiny))):
+    if np.all(np.isfinite(sq) & (sq > tiny) & (sq < 0.25 * X.shape[1] / tiny)):
         return _normalize(X)
     # the squares over- or underflow the float type: divide by each row's largest entry first
     Xs = X / jnp.max(jnp.abs(X), axis=1, keepdims=True)

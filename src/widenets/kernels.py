@@ -157,7 +157,7 @@ def full_ntk(net: MLP, params, X, X2=None):
     """
     net, params, X, X2 = _ntk_args(net, params, X, X2)
     k = _ntk_fn(lambda p, x: _nets._apply(net, p, x))(X, X2, params)
-    return _nets._scalings(net).ntk_scale * k
+    return _nets._finite_or_warn(_nets._scalings(net).ntk_scale * k, "full_ntk", net, X)
 
 
 def _ntk_args(net, params, X, X2):
@@ -166,7 +166,7 @@ def _ntk_args(net, params, X, X2):
     params = _nets._params(net, params)
     X = _nets._inputs_for(net, X)
     X2 = X if X2 is None else _nets._inputs_for(net, X2, "X2")
-    _checks.fits(_nets.jacobian_ntk_bytes(net, X.shape[0], X2.shape[0]),
+    _checks.fits(_nets._jacobian_ntk_bytes(net, X.shape[0], X2.shape[0]),
                  "the number of rows of X / X2, or width (or n_out)",
                  f"Jacobians of {X.shape[0]} + {X2.shape[0]} inputs x {net.n_out} outputs x "
                  f"{_nets.n_params(net):,} weights")
@@ -183,7 +183,7 @@ def pntk(net: MLP, params, X, X2=None):
     O = net.n_out
     k = _ntk_fn(lambda p, x: jnp.sum(_nets._apply(net, p, x), axis=-1) / jnp.sqrt(O))(X, X2,
                                                                                        params)
-    return _nets._scalings(net).ntk_scale * k
+    return _nets._finite_or_warn(_nets._scalings(net).ntk_scale * k, "pntk", net, X)
 
 
 def pntk_error(full, approx):

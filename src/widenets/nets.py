@@ -153,6 +153,23 @@ def _inputs_for(net: MLP, X, argname: str = "X"):
     return X
 
 
+def _finite_or_warn(out, name: str, net: MLP, X):
+    """``out``, after a RuntimeWarning naming the likely cause if a concrete result holds NaN or
+    infinite values (the inputs and weights were checked finite, so something overflowed)."""
+    leaves = jax.tree_util.tree_leaves(out)
+    if any(_checks.is_traced(a) for a in leaves) or _checks.is_traced(X):
+        return out
+    if all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
+        return out
+    import warnings
+    warnings.warn(f"{name}: the result holds NaN or infinite values: {np.dtype(X.dtype).name} "
+                  f"overflowed (largest input |x| = {float(jnp.max(jnp.abs(X))):.3g}, gamma0="
+                  f"{net.gamma0:g}, readout multiplier {_scalings(net).multiplier[-1]:.3g}); "
+                  f"rescale the inputs (e.g. wn.data.normalize), increase gamma0 or enable float64",
+                  RuntimeWarning, stacklevel=3)
+    return out
+
+
 def _forward_bytes(net: MLP, P: int) -> int:
     """Activations of a forward and backward pass on P inputs (the weights already exist)."""
     return _itemsize() * (6 * P * net.width * net.depth + 2 * P * net.n_out)
@@ -263,7 +280,7 @@ def forward(net: MLP, params, X, eps=None):
                                  f"got {tuple(jnp.shape(e))}")
     _checks.fits(_forward_bytes(net, X.shape[0]), "the number of rows of X",
                  f"a forward pass on {X.shape[0]} inputs at width {net.width}")
-    return _forward(net, params, X, eps)
+    return _finite_or_warn(_forward(net, params, X, eps), "forward", net, X)
 
 
 def _forward(net: MLP, params, X, eps=None):
@@ -312,7 +329,7 @@ def kernels(net: MLP, params, X) -> Kernels:
     X = _inputs_for(net, X)
     _checks.fits(_kernels_bytes(net, X.shape[0]), "the number of rows of X",
                  f"the kernels of {X.shape[0]} inputs at width {net.width}")
-    return _kernels(net, params, X)
+    return _finite_or_warn(_kernels(net, params, X), "kernels", net, X)
 
 
 def _kernels(net: MLP, params, X) -> Kernels:
@@ -346,7 +363,7 @@ def empirical_ntk(net: MLP, params, X, X2=None):
     params = _params(net, params)
     X = _inputs_for(net, X)
     X2 = X if X2 is None else _inputs_for(net, X2, "X2")
-    _checks.fits(jacobian_ntk_bytes(net, X.shape[0], X2.shape[0]),
+    _checks.fits(_jacobian_ntk_bytes(net, X.shape[0], X2.shape[0]),
                  "the number of rows of X / X2, or width",
                  f"Jacobians of {X.shape[0]} + {X2.shape[0]} inputs x {net.n_out} outputs x "
                  f"{n_params(net):,} weights")
@@ -355,10 +372,10 @@ def empirical_ntk(net: MLP, params, X, X2=None):
     J1 = flat(jax.jacrev(lambda p: _apply(net, p, X))(params))    # (P, O, n_params)
     J2 = flat(jax.jacrev(lambda p: _apply(net, p, X2))(params))
     K = sc.ntk_scale * jnp.einsum("aip,bjp->abij", J1, J2)
-    return K[:, :, 0, 0] if net.n_out == 1 else K
+    return _finite_or_warn(K[:, :, 0, 0] if net.n_out == 1 else K, "empirical_ntk", net, X)
 
 
-def jacobian_ntk_bytes(net: MLP, P: int, P2: int) -> int:
+def _jacobian_ntk_bytes(net: MLP, P: int, P2: int) -> int:
     """Memory of an explicit-Jacobian NTK: Jacobians (P + P2) x n_out x n_params (held twice
     while they are built) and the (P, P2, n_out, n_out) kernel."""
     return _itemsize() * (2 * (P + P2) * net.n_out * n_params(net)
@@ -379,8 +396,16 @@ def init_kernels(net: MLP, X, key, n_seeds: int = 1) -> Kernels:
     per_seed = 2 * n_params(net) * _itemsize() + _kernels_bytes(net, X.shape[0])
     _checks.fits(n_seeds * per_seed, "n_seeds" if n_seeds > 1 else "width",
                  f"the kernels of {n_seeds} networks of width {net.width} (all seeds at once)")
+    _check_scales(net, X, 0.0, center=False)
     keys = jax.random.split(key, n_seeds)
-    return jax.jit(jax.vmap(lambda k: _kernels(net, _init_params(net, k), X)))(keys)
+    if net not in _INIT_KERNELS:      # one compilation per network (and input shape)
+        _INIT_KERNELS[net] = jax.jit(jax.vmap(lambda k, x: _kernels(net, _init_params(net, k), x),
+                                              in_axes=(0, None)))
+    out = _INIT_KERNELS[net](keys, X)
+    return _finite_or_warn(out, "init_kernels", net, X)
+
+
+_INIT_KERNELS: dict = {}
 
 
 class Trajectory(NamedTuple):
@@ -443,7 +468,7 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
             raise ValueError(f"X_test must have D={X.shape[1]} columns like X; "
                              f"got shape {X_test.shape}")
     P_test = 0 if X_test is None else X_test.shape[0]
-    _checks.fits(*train_bytes(net, X.shape[0], P_test, steps=steps, record_every=record_every,
+    _checks.fits(*_train_bytes(net, X.shape[0], P_test, steps=steps, record_every=record_every,
                               n_seeds=n_seeds))
     _check_scales(net, X, eta, center)
     keys = jax.random.split(key, n_seeds)
@@ -460,7 +485,7 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
                       phi, g, params, net)
 
 
-def train_bytes(net: MLP, P: int, P_test: int = 0, *, steps: int, record_every: int,
+def _train_bytes(net: MLP, P: int, P_test: int = 0, *, steps: int, record_every: int,
                 n_seeds: int = 1):
     """Estimated memory of :func:`train_mlp` as ``(bytes, argument to reduce, description)``.
 
@@ -524,7 +549,7 @@ def _check_scales(net: MLP, X, eta: float, center: bool) -> None:
                          f"initialisation, of size ~{f_scale:.3g} (readout multiplier "
                          f"{sc.multiplier[-1]:.3g}, input RMS "
                          f"{np.sqrt(np.mean(np.square(np.asarray(X, np.float64)))):.3g}), "
-                         f"{'' if center else 'squared in the loss, '}must overflow "
+                         f"{'' if center else 'squared in the loss and the kernels, '}must overflow "
                          f"(max {float(fi.max):.3g}); increase gamma0 or enable float64")
     if f_scale * float(fi.eps) > 0.01:
         import warnings
@@ -694,9 +719,13 @@ def coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", g
                      parameterization)
     if not all(np.all(np.isfinite(a)) for a in out[1:4]):
         import warnings
+        x_rms = float(np.sqrt(np.mean(np.square(np.asarray(X, np.float64)))))
+        cause = (f"the inputs' scale (RMS {x_rms:.3g}; normalised inputs have RMS 1) or eta={eta:g}"
+                 if x_rms > 10 else f"eta={eta:g}")
         warnings.warn(f"coord_check: non-finite coordinate sizes (the updates diverged): "
-                      f"eta={eta:g} is too large for the {parameterization!r} parameterisation "
-                      f"at the widest width", RuntimeWarning, stacklevel=2)
+                      f"{cause} is too large for the {parameterization!r} parameterisation at "
+                      f"width(s) {[int(w) for w, a in zip(widths, dh_size) if not np.all(np.isfinite(a))]}",
+                      RuntimeWarning, stacklevel=2)
     return out
 
 

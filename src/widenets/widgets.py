@@ -127,6 +127,10 @@ def lazy_training_panel(task, *, widths=(64, 256, 1024, 4096), steps=100):
     task = _task(task, need_test=True)
     widths = _slider_widths(widths)
     steps = _checks.positive_int(steps, "steps")
+    # the widest, deepest setting of the sliders must fit (an error in a callback is only logged)
+    net = nets.make_mlp(task.X.shape[1], depth=4, width=max(widths), parameterization="ntk")
+    _checks.fits(*nets._train_bytes(net, task.X.shape[0], task.X_test.shape[0], steps=steps,
+                                   record_every=steps, n_seeds=2))
 
     return _panel(
         lambda ax, **v: draw_lazy_training(ax, task, steps=steps, **v), ncols=1, figsize=(5.5, 3.8),
@@ -175,6 +179,8 @@ def feature_learning_panel(task, *, widths=(64, 256, 1024), steps=200):
     task = _task(task)
     widths = _slider_widths(widths)
     steps = _checks.positive_int(steps, "steps")
+    net = nets.make_mlp(task.X.shape[1], depth=2, width=max(widths))
+    _checks.fits(*nets._train_bytes(net, task.X.shape[0], steps=steps, record_every=steps))
 
     return _panel(
         lambda axes, **v: draw_feature_learning(axes, task, steps=steps, **v), ncols=2,
