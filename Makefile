@@ -44,7 +44,7 @@ test: install
 test-units-and-chapters:
 	rm -rf $(EXECUTED)
 	$(CI_ENV) WIDENETS_EXECUTED=$(EXECUTED) $(PY) -m pytest -q -p no:cacheprovider \
-	  -n $(JOBS) --dist loadgroup --durations=25 tests/test_chapters.py tests
+	  -n $(JOBS) --dist loadgroup --durations=31 tests/test_chapters.py tests
 
 # 2. the strict book build renders those executed copies (it never executes a notebook)
 test-build:
