@@ -95,12 +95,17 @@ BAD_INPUTS = [
                  r"\bsamples must be 1-d or 2-d", id="errorband-3d"),
     pytest.param(plotting.errorband, dict(x=[1, 2, 3], samples=[["a"] * 3] * 2),
                  r"\bsamples must be an array of real numbers", id="errorband-str"),
+    *[pytest.param(fn, dict(ax=ax, **kw), r"\bax must be a matplotlib Axes", id=f"{fn.__name__}-ax")
+      for fn, kw in ((plotting.loglog, {}),
+                     (plotting.errorband, dict(x=[1, 2], samples=np.ones((2, 2)))),
+                     (plotting.reference_slope, dict(x=[1.0, 2.0], y0=1.0, slope=1.0)))
+      for ax in (None,)],
 ]
 
 
 @pytest.mark.parametrize("fn, kwargs, match", BAD_INPUTS)
 def test_bad_input_raises_a_value_error_that_says_what_is_wrong(fn, kwargs, match):
-    if fn in (plotting.reference_slope, plotting.errorband):
+    if fn in (plotting.reference_slope, plotting.errorband) and "ax" not in kwargs:
         kwargs = dict(ax=_ax(), **kwargs)
     with pytest.raises(ValueError, match=match):
         fn(**kwargs)

@@ -91,7 +91,7 @@ def stax_mlp(depth: int, activation: str = "relu", width: int = 512):
 def _analytic_bytes(P: int, P2: int, depth: int, activation: str) -> int:
     """Memory of :func:`analytic`: per layer a few (P, P2) kernels; tanh's quadrature holds
     32 x 32 points per pair of inputs."""
-    per_pair = 4 * 32 * 32 if activation == "tanh" else 16
+    per_pair = 4 * 32 * 32 if activation == "tanh" else 8
     return 8 * P * P2 * (per_pair + 3 * depth)
 
 

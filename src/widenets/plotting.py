@@ -6,6 +6,14 @@ import numpy as np
 from . import _checks
 
 
+def _ax(ax):
+    from matplotlib.axes import Axes
+    if not isinstance(ax, Axes):
+        raise ValueError(f"ax must be a matplotlib Axes (e.g. plt.subplots()[1]); got "
+                         f"{type(ax).__name__}")
+    return ax
+
+
 def _positive_1d(v, argname: str, n: int | None = None) -> np.ndarray:
     v = _checks.real_array(v, argname).astype(float)
     if v.ndim != 1 or (n is not None and v.shape[0] != n):
@@ -39,6 +47,7 @@ def loglog_slope(x, y):
 
 def reference_slope(ax, x, y0, slope, label=None, **kw):
     """Draw the power law ``y0 * (x / x[0])**slope`` as a dashed guide on a log-log axis."""
+    ax = _ax(ax)
     x = _positive_1d(x, "x")
     y0 = _checks.nonnegative(y0, "y0", strict=True)
     slope = float(_checks.real_array(slope, "slope"))
@@ -51,6 +60,7 @@ def reference_slope(ax, x, y0, slope, label=None, **kw):
 
 def errorband(ax, x, samples, label=None, axis=0, **kw):
     """Plot the mean over ``axis`` of ``samples`` with a +-1 standard-error band."""
+    ax = _ax(ax)
     samples = _checks.real_array(samples, "samples")
     if samples.ndim not in (1, 2) or axis not in (0, 1, -1) or axis >= samples.ndim:
         raise ValueError(f"samples must be 1-d or 2-d with axis 0 or 1 the samples; got shape "
@@ -70,6 +80,7 @@ def errorband(ax, x, samples, label=None, axis=0, **kw):
 def loglog(ax):
     """Log scales on both axes, labelling only the decades (minor labels overlap on short ranges)."""
     from matplotlib.ticker import NullFormatter
+    ax = _ax(ax)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
