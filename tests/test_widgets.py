@@ -84,13 +84,6 @@ def test_draw_nonlinear_without_networks_and_deep_tanh():
     assert len(axes[0].get_lines()) == 2                       # DMFT and static NTK only
 
 
-def test_draw_nonlinear_deep_relu():
-    fig, axes = plt.subplots(1, 3)
-    out = widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation="relu", depth=2,
-                                 eta=0.5, steps=3, samples=32, width=16, n_seeds=1)
-    assert all(np.isfinite(v) for v in out.values())
-
-
 @pytest.mark.parametrize("make, names, n_axes", [
     (lambda: widgets.feature_learning_panel(TASK, widths=(16, 32), steps=3),
      {"γ0", "width N", "param."}, 2),
