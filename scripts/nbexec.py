@@ -7,13 +7,23 @@ A *stall* is a cell during which the kernel sits idle -- its CPU time, with its 
 does not advance for `idle` seconds -- although the client is still waiting for the cell's
 reply: the signature of a message lost between client and kernel (issue 10, part 8; seen
 with ipykernel 7.4.0, see requirements.txt). A cell that is merely slow keeps the kernel
-busy and is left alone until the per-cell `timeout`. On a stall the watchdog opens a second
-connection to the kernel and asks for `kernel_info` (a fresh connection wakes a shell socket
-whose wake-up was lost, ipykernel #1554), waits a little, and if the cell is still waiting
-kills the kernel, so the execution ends in seconds with a message naming notebook and cell.
+busy and is left alone until the per-cell `timeout`. On a stall the watchdog
+
+1. looks at the client's own sockets (in the client's event loop): a reply already waiting
+   on the shell socket means the client missed the socket's (edge-triggered) wake-up;
+2. sends `kernel_info_request` on the client's own shell connection: the kernel's answer is
+   new traffic on both ends, which wakes a shell socket on either side whose wake-up was
+   lost (ipykernel #1554 describes the kernel side), so the waiting reply is read;
+3. if the cell still waits after `poke_wait` seconds, asks again on a fresh connection, and
+   then kills the kernel, so the execution ends in minutes with a message naming the cell.
+
+A stall the poke recovers is reported as `stall-recovered` (the execution goes on and
+succeeds; tests/test_chapters.py warns loudly); one it does not as `stall` (failure).
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import os
 import threading
@@ -22,6 +32,7 @@ from typing import Callable
 
 import nbformat
 import psutil
+import zmq
 from jupyter_client import BlockingKernelClient
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -49,10 +60,11 @@ class Execution:
 class Watchdog(threading.Thread):
     """Watches the kernel's CPU time while a cell runs; acts after `idle` s without progress."""
 
-    def __init__(self, idle: float, log: Callable[[str], None], poke_wait: float = 20.0):
+    def __init__(self, idle: float, log: Callable[[str], None], poke_wait: float = 60.0):
         super().__init__(daemon=True)
         self.idle, self.log, self.poke_wait = idle, log, poke_wait
         self.client: NotebookClient | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None     # the client's event loop
         self.cell_index: int | None = None
         self.cell_started = 0.0
         self.stalls: list[Stall] = []
@@ -69,7 +81,42 @@ class Watchdog(threading.Thread):
         except Exception:       # noqa: BLE001  (no kernel yet, or it is gone)
             return None
 
-    def _poke(self) -> None:
+    def _in_client_loop(self, fn, timeout: float = 10.0):
+        """Run fn() in the client's event loop (its sockets belong to that thread)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def call():
+            try:
+                fut.set_result(fn())
+            except Exception as exc:        # noqa: BLE001
+                fut.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(call)
+        return fut.result(timeout)
+
+    def _client_sockets(self) -> str:
+        kc = self.client.kc
+
+        def events():
+            return {name: int(ch.socket.get(zmq.EVENTS)) & zmq.POLLIN
+                    for name, ch in (("shell", kc.shell_channel), ("iopub", kc.iopub_channel))}
+        try:
+            ev = self._in_client_loop(events)
+        except Exception as exc:            # noqa: BLE001
+            return f"client sockets not readable ({exc!r})"
+        waiting = [name for name, v in ev.items() if v]
+        return ("a message is waiting unread on the client's " + " and ".join(waiting)
+                + " socket: the client missed its wake-up") if waiting else \
+            "nothing waiting on the client's shell and iopub sockets"
+
+    def _poke_same_connection(self) -> None:
+        try:
+            self._in_client_loop(self.client.kc.kernel_info)
+            self.log("    sent kernel_info_request on the client's own shell connection")
+        except Exception as exc:            # noqa: BLE001
+            self.log(f"    could not send kernel_info_request: {exc!r}")
+
+    def _poke_fresh_connection(self) -> None:
         try:
             kc = BlockingKernelClient(connection_file=self.client.km.connection_file)
             kc.load_connection_file()
@@ -82,6 +129,17 @@ class Watchdog(threading.Thread):
             kc.stop_channels()
         except Exception as exc:            # noqa: BLE001
             self.log(f"    could not open a second connection: {exc!r}")
+
+    def _wait_for(self, index: int, seconds: float) -> bool:
+        """True when the cell `index` completes within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stop.is_set():
+            with self.lock:
+                if self.cell_index != index:
+                    return True
+            time.sleep(0.5)
+        with self.lock:
+            return self.cell_index != index
 
     def run(self) -> None:
         key, last_cpu, last_change = None, 0.0, time.monotonic()
@@ -106,15 +164,12 @@ class Watchdog(threading.Thread):
             waited, idle = now - started, now - last_change
             self.log(f"  STALL: cell {index} has waited {waited:.0f} s for its reply and the "
                      f"kernel has been idle for {idle:.0f} s")
-            self._poke()
-            deadline = time.monotonic() + self.poke_wait
-            while time.monotonic() < deadline and not self.stop.is_set():
-                time.sleep(0.5)
-                with self.lock:
-                    if self.cell_index != index:
-                        break
-            with self.lock:
-                recovered = self.cell_index != index
+            self.log(f"    {self._client_sockets()}")
+            self._poke_same_connection()
+            recovered = self._wait_for(index, self.poke_wait)
+            if not recovered:
+                self._poke_fresh_connection()
+                recovered = self._wait_for(index, 20)
             self.stalls.append(Stall(index, waited, idle, recovered))
             if recovered:
                 self.log(f"    cell {index} completed after the poke")
@@ -149,6 +204,7 @@ def execute(path, *, timeout: int, idle: float, watchdog: Watchdog | None = None
 
     def on_cell_execute(cell, cell_index, **_):
         starts[cell_index] = time.monotonic()
+        watchdog.loop = asyncio.get_running_loop()
         with watchdog.lock:
             watchdog.cell_index, watchdog.cell_started = cell_index, starts[cell_index]
 
@@ -186,12 +242,13 @@ def execute(path, *, timeout: int, idle: float, watchdog: Watchdog | None = None
     stalls = list(watchdog.stalls)
     if stalls:
         s = stalls[-1]
-        status = "stall-recovered" if s.recovered else "stall"
+        if not s.recovered or status == "ok":
+            status = "stall-recovered" if s.recovered else "stall"
         src = _first_line(nb.cells[s.cell].source)
         message = (f"cell {s.cell} ({src!r}) waited {s.waited:.0f} s for its reply while the "
                    f"kernel sat idle for {s.idle:.0f} s: a message between client and kernel "
                    f"was lost (issue 10, part 8; rerun scripts/stall_check.py). "
-                   + ("It completed after a second connection poked the kernel. "
+                   + ("It completed after the watchdog poked the connection. "
                       if s.recovered else "The kernel was killed. ") + message)
     return Execution(nb=nb, status=status, seconds=seconds, message=message,
                      cell_seconds=cell_times, stalls=stalls, kernel_cpu=cpu[0])

@@ -8,12 +8,16 @@ plain `pytest tests` stays a unit-test run.
 
 A cell that raises -- a failing `assert` in a hidden (`remove-cell`) check cell, or any
 error -- fails the chapter's test with the cell and its traceback. A cell that exceeds the
-per-cell timeout, or during which the kernel sits idle for WIDENETS_STALL_IDLE seconds
-(a lost kernel message, issue 10 part 8), fails it within minutes, naming the cell.
+per-cell timeout fails it. A cell during which the kernel sits idle for WIDENETS_STALL_IDLE
+seconds while the client waits (a lost kernel message, issue 10 part 8) is poked by the
+watchdog of scripts/nbexec.py: if that recovers it, the test passes with a loud
+StallWarning (fails with WIDENETS_FAIL_ON_STALL=1); if not, the kernel is killed and the
+test fails within minutes, naming the cell.
 """
 import os
 import pathlib
 import sys
+import warnings
 
 import nbformat
 import pytest
@@ -25,9 +29,14 @@ EXECUTED = os.environ.get("WIDENETS_EXECUTED")
 # on a 2-core machine loaded 5x over (scripts/stall_check.py, benchmarks/results/), several
 # times less on an idle one; 1200 s is twice the worst seen. It only stops a cell that keeps
 # the kernel busy forever: a lost message does not wait for it, the idle watchdog fails the
-# cell after 120 s without kernel CPU, whatever the cell.
+# cell after 90 s without kernel CPU, whatever the cell.
 CELL_TIMEOUT = int(os.environ.get("WIDENETS_CELL_TIMEOUT", "1200"))
-STALL_IDLE = float(os.environ.get("WIDENETS_STALL_IDLE", "120"))
+STALL_IDLE = float(os.environ.get("WIDENETS_STALL_IDLE", "90"))
+FAIL_ON_STALL = os.environ.get("WIDENETS_FAIL_ON_STALL") == "1"
+
+
+class StallWarning(UserWarning):
+    """A cell waited for a kernel message that was lost; the watchdog's poke recovered it."""
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -49,7 +58,13 @@ def test_chapter_executes(path):
     slowest = sorted(res.cell_seconds.items(), key=lambda kv: -kv[1])[:3]
     print(f"{path.name}: {res.status} in {res.seconds:.1f} s at preset {preset}; slowest cells "
           + ", ".join(f"{i}: {s:.1f} s" for i, s in slowest), *lines, sep="\n")
-    assert res.status == "ok", f"{path.name} failed ({res.status}):\n{res.message}"
+    if res.status == "stall-recovered":
+        msg = f"{path.name}: STALL RECOVERED -- {res.message}"
+        print("!" * 78, msg, "!" * 78, sep="\n")
+        warnings.warn(msg, StallWarning)
+        assert not FAIL_ON_STALL, msg
+    else:
+        assert res.status == "ok", f"{path.name} failed ({res.status}):\n{res.message}"
     res.nb.metadata["widenets"] = {"execution_seconds": round(res.seconds, 2), "preset": preset,
                                    "cell_seconds": {str(i): round(s, 2)
                                                     for i, s in res.cell_seconds.items()}}
