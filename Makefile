@@ -28,9 +28,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
+# the same as `jupyter-book build . -W -n --keep-going`, with nbclient's Output-widget support
+# off (it can lose a live-panel cell's reply; scripts/nbexec.py)
 book: install
-	WIDENETS_PRESET=$${WIDENETS_PRESET:-cpu} $(JB) build . $(JBFLAGS)
-	@echo "Book built: open _build/html/index.html"
+	WIDENETS_PRESET=$${WIDENETS_PRESET:-cpu} $(PY) scripts/build_book.py
 
 test: install
 	@$(MAKE) --no-print-directory test-units-and-chapters

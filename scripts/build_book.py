@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Build the book like `jupyter-book build . -W -n --keep-going`, with a few settings overridden.
 
-`make test` executes every chapter once, in tests/test_chapters.py, and saves the executed
+`make book` builds with it too: the chapters are executed by myst-nb (force mode, as in
+`_config.yml`) with nbclient's Output-widget support off (see scripts/nbexec.py: it lost the
+`execute_reply` of the live-panel cells). `make test` executes every chapter once, in tests/test_chapters.py, and saves the executed
 copies; `--executed DIR` then renders those copies instead of executing the chapters again:
 they are put into a fresh jupyter-cache (`<path-output>/.jupyter_cache_executed`, separate
 from the cache of `make book`) and the build runs in `cache` mode with execution forbidden,
@@ -106,6 +108,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from jupyter_book.sphinx import build_sphinx
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from nbexec import quiet_output_widgets
+
+    quiet_output_widgets()      # no lost execute_reply in the live-panel cells (scripts/nbexec.py)
 
     overrides: dict = {"external_toc_path": (ROOT / "_toc.yml").as_posix(),
                        "latex_individualpages": False}

@@ -19,6 +19,16 @@ busy and is left alone until the per-cell `timeout`. On a stall the watchdog
 
 A stall the poke recovers is reported as `stall-recovered` (the execution goes on and
 succeeds; tests/test_chapters.py warns loudly); one it does not as `stall` (failure).
+
+Every stall seen here (ipykernel 6.31.0, three in ~40 chapter executions) was in a chapter's
+live-panel cell (`wn.widgets.*_panel(...)`), the one cell that opens an ipywidgets Output
+widget. For such a widget nbclient's OutputWidget sends `comm_msg` updates to the kernel on
+the shell socket from the coroutine that reads iopub, while the coroutine waiting for the
+cell's `execute_reply` polls that same socket; a send in that window can consume the
+socket's edge-triggered wake-up, and the reply then sits unread (the client-side twin of
+ipykernel #1554). `quiet_output_widgets()` turns nbclient's Output-widget support off: what
+a panel draws at start-up goes to its cell's own outputs (the panel cells are tagged
+`remove-output`), and nothing is sent on the shell socket while a cell runs.
 """
 from __future__ import annotations
 
@@ -182,6 +192,11 @@ class Watchdog(threading.Thread):
             key = None
 
 
+def quiet_output_widgets() -> None:
+    """nbclient: no OutputWidget objects, so no shell sends while a cell runs (see above)."""
+    NotebookClient.on_comm_open_jupyter_widget = lambda self, msg: None
+
+
 def _first_line(src: str) -> str:
     lines = [ln for ln in src.splitlines() if ln.strip()]
     return lines[0][:100] if lines else ""
@@ -214,6 +229,7 @@ def execute(path, *, timeout: int, idle: float, watchdog: Watchdog | None = None
             watchdog.cell_index = None
         cpu[0] = watchdog.kernel_cpu()          # the kernel's CPU seconds so far
 
+    quiet_output_widgets()
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", allow_errors=False,
         resources={"metadata": {"path": str(cwd or path.parent)}},
