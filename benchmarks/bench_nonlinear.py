@@ -139,8 +139,9 @@ def setting(P, T, S, *, depth, activation, gamma0=1.0, eta=0.075, repeats=3,
     # the pooled solve alone (without the repeats that estimate loss_stderr)
     (state, noise), _, (probes, _) = dmft._mc_setup(
         jax.numpy.asarray(Kx), jax.numpy.asarray(y), key, depth=depth, steps=T, samples=S,
-        repeats=4, probes=None, responses=depth >= 2)
-    one = lambda: dmft._mc_chunk(state, noise, jax.numpy.asarray(Kx), gamma0, eta,
+        repeats=8, probes=None, responses=depth >= 2)
+    one = lambda: dmft._mc_chunk(state, noise, jax.numpy.asarray(Kx), jax.numpy.asarray(y),
+                                 gamma0, eta,
                                  jax.numpy.asarray(0), activation=activation, chunk=T + 1,
                                  responses=depth >= 2)[0]["delta"]
     jax.block_until_ready(one())

@@ -46,3 +46,13 @@ def test_colab_cells_match_the_repository_url():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_a_static_slider_grid(path):
+    """The rendered book cannot run the live sliders: each chapter shows a grid of slider values
+    in a cell tagged `static-grid` (the browser check looks for its figure)."""
+    nb = json.loads(path.read_text())
+    grids = [c for c in nb["cells"] if c["cell_type"] == "code"
+             and "static-grid" in c.get("metadata", {}).get("tags", [])]
+    assert grids, f"{path.name}: tag the cell that draws the static slider grid `static-grid`"
