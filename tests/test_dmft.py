@@ -173,6 +173,7 @@ def test_divergence_is_reported_not_silent():
     (dict(depth=0), "depth"),
     (dict(method="newton"), "method"),
     (dict(update="discrete"), "update"),
+    (dict(update="exact", responses=False, depth=2), "responses"),
     (dict(responses="no"), "responses"),
     (dict(tol=-1.0), "tol"),
     (dict(eta=float("nan")), "eta"),

@@ -25,24 +25,33 @@ def test_lazy_limit_equals_the_arccosine_kernels():
     assert float(wn.kernels.relative_frobenius(s.phi[0, 0, :, 0, :], a.nngp)) < 0.06
 
 
-@pytest.mark.parametrize("depth, activation", [(1, "relu"), (2, "erf")])
-def test_stated_kernel_errors_bound_the_actual_errors(depth, activation):
-    """kernel_stderr states the error of i.i.d. sampling; the solver's moment-matched sources
-    make the actual error smaller. Against the analytic kernels of lazy (gamma0 = 0) solves,
-    the root-mean-square actual error over 12 keys is 0.70 / 0.70 (ReLU, Phi / NTK) and
-    0.51 / 0.66 (depth-2 erf) of the stated one (0.46-1.07 over five settings). A ratio from 12
-    draws scatters by ~20%: bounds 0.35-1.3 (an honest bound, not a vacuous one)."""
-    a = wn.kernels.analytic(TASK.X, depth=depth, activation=activation)
-    actual, stated = [], []
-    for k in range(12):
-        s = dmft.nonlinear(KX, TASK.y, depth=depth, activation=activation, gamma0=0.0,
-                           eta=0.1, steps=1, samples=400, key=k, progress=False)
-        e_phi, _, e_ntk = dmft.kernel_stderr(s, t=0)
-        actual.append([float(wn.kernels.relative_frobenius(s.phi[-1, 0, :, 0, :], a.nngp)),
-                       float(wn.kernels.relative_frobenius(s.ntk[0], a.ntk))])
-        stated.append([e_phi[-1], e_ntk])
-    ratio = np.sqrt(np.mean(np.square(actual), 0) / np.mean(np.square(stated), 0))
-    assert np.all((0.35 < ratio) & (ratio < 1.3)), ratio
+@pytest.mark.parametrize("depth, activation, gamma0", [(1, "relu", 0.0), (2, "erf", 0.0),
+                                                     (2, "tanh", 1.0), (3, "relu", 1.0)])
+def test_stated_kernel_errors_match_the_actual_errors(depth, activation, gamma0):
+    """kernel_stderr (from the repeats' spread) against the actual error of each final kernel
+    over 8 keys: against the analytic kernels in the lazy limit, against the keys' mean
+    otherwise. The root-mean-square ratio actual / stated was 0.78-1.17 over 16 kernels of four
+    settings at P = 10, T = 50. A ratio from 8 draws of a stated error that is itself estimated
+    from 8 repeats scatters by ~30%: bounds 0.55-1.6. (An independent-sample formula would
+    under-state deep ReLU's error by 2x: the noise fed back through the responses.)"""
+    S = 512 if (activation == "relu" and depth >= 2) else 400
+    sols = [dmft.nonlinear(KX, TASK.y, depth=depth, activation=activation, gamma0=gamma0,
+                           eta=0.2, steps=1 if gamma0 == 0 else 20, samples=S, key=k,
+                           progress=False) for k in range(8)]
+    if gamma0 == 0:
+        a = wn.kernels.analytic(TASK.X, depth=depth, activation=activation)
+    for kind, idx in (("phi", 0), ("g", 1), ("ntk", 2)):
+        for l in range(depth if kind != "ntk" else 1):
+            Ks = np.array([np.asarray(s.ntk[-1] if kind == "ntk" else getattr(s, kind)[l, -1, :, -1, :])
+                           for s in sols])
+            if gamma0 == 0 and (kind == "ntk" or (kind == "phi" and l == depth - 1)):
+                ref, dof = np.asarray(a.ntk if kind == "ntk" else a.nngp), len(Ks)
+            else:
+                ref, dof = Ks.mean(0), len(Ks) - 1
+            actual = np.sqrt(np.sum((Ks - ref) ** 2) / dof) / np.linalg.norm(ref)
+            stated = np.sqrt(np.mean([np.atleast_1d(dmft.kernel_stderr(s)[idx])[l] ** 2
+                                      for s in sols]))
+            assert 0.55 < actual / stated < 1.6, (kind, l + 1, actual, stated)
 
 
 # Width-1000 centred networks, 4 seeds, trained by discrete gradient descent (cached per module).
@@ -57,9 +66,10 @@ def test_every_layers_kernels_agree_with_wide_networks(depth, activation):
     networks, at three keys and for their mean. The gap (relative Frobenius) is measured in
     units of its expected size sqrt(e_mc^2 + e_net^2 / 4), with e_mc the solver's stated
     Monte-Carlo error (kernel_stderr, S = 1000) and e_net the networks' seed spread; the
-    discrete-time update compares like with like. Measured: z <= 1.5 over these 60 kernels
-    (NTK <= 1.7); before the control variate of the response functions the lower layers' G
-    reached z = 3.7 (G^1 of depth-3 tanh and ReLU, the probe-noise bias); tolerance 2.5."""
+    discrete-time update compares like with like. Measured: z <= 1.94 over these 80 numbers
+    (most 0.7-1.3); before the control variate of the response functions, G^1 of depth-3 tanh
+    networks reached z = 3.7 (the probe-noise bias). Tolerance 3: both errors in the denominator
+    are estimated (8 repeats, 4 seeds), each uncertain by 25-40%."""
     kw = dict(depth=depth, activation=activation, **NETS_KW)
     tr = wn.nets.train_mlp(TASK.X, TASK.y, width=NETS_N, key=jax.random.PRNGKey(4),
                            n_seeds=NETS_SEEDS, center=True, record_every=NETS_KW["steps"], **kw)
@@ -84,7 +94,7 @@ def test_every_layers_kernels_agree_with_wide_networks(depth, activation):
                 z[f"{name}{l + 1} key {k}"] = rel(mine[k], ref) / np.hypot(emc[k], en / 2)
             z[f"{name}{l + 1} mean"] = rel(np.mean(mine, 0), ref) / np.hypot(
                 np.mean(emc) / np.sqrt(3), en / 2)
-    bad = {k: round(v, 2) for k, v in z.items() if not v < 2.5}
+    bad = {k: round(v, 2) for k, v in z.items() if not v < 3.0}
     assert not bad, bad
 
 
@@ -294,6 +304,7 @@ def test_divergence_is_reported_not_silent():
     (dict(depth=0), "depth"),
     (dict(steps=0), "steps"),
     (dict(update="discrete"), "update"),
+    (dict(update="exact", responses=False, depth=2, samples=1024), "responses"),
     (dict(responses="no"), "responses"),
     (dict(check=1), "check"),
     (dict(tol=-1.0), "tol"),

@@ -300,7 +300,9 @@ def deep_linear(Kx, y, *, depth, gamma0, eta, steps, method="causal", responses=
         fixed-point iteration of the dense equations; slower, for cross-checks).
       responses: False drops the response functions A, B (the gradient-independence ansatz).
       update: ``"euler"`` (``Delta(t+1) = Delta(t) - (eta/P) K(t) Delta(t)``, the default) or
-        ``"exact"`` (the infinite-width output of discrete gradient descent, needs gamma0 > 0).
+        ``"exact"`` (the infinite-width output of discrete gradient descent, ``f(t) = <g^L(t)
+        h^L(t)> / gamma0``; at gamma0 = 0 the Euler form, which is then exact; needs
+        ``responses=True`` at depth >= 2).
       tol: self-consistency tolerance (default 1e-9 in float64, 1e-4 in float32).
       damping: Picard mixing weight of the new iterate. max_iter: Picard iteration cap.
     """
@@ -312,6 +314,8 @@ def deep_linear(Kx, y, *, depth, gamma0, eta, steps, method="causal", responses=
     max_iter = _checks.positive_int(max_iter, "max_iter")
     if method == "picard" and update == "exact":
         raise ValueError("update='exact' is only available with method='causal'")
+    if update == "exact" and not responses and depth >= 2:
+        raise ValueError(_NO_EXACT_WITHOUT_RESPONSES)
     if not 0 < damping <= 1:
         raise ValueError(f"damping must be in (0, 1]; got {damping!r}")
     _need(Kx, steps, depth, "this deep linear DMFT solve",
@@ -401,23 +405,32 @@ def static_ntk(Kx, y, *, depth, eta, steps, activation="linear", samples=None, k
     return deep_linear(Kx, y, depth=depth, gamma0=0.0, eta=eta, steps=steps)
 
 
-def gradient_independence(Kx, y, *, depth, gamma0, eta, steps, update="euler",
-                          activation="linear", samples=None, key=None, repeats=None,
-                          probes=None, progress=None):
+def gradient_independence(Kx, y, *, depth, gamma0, eta, steps, activation="linear",
+                          samples=None, key=None, repeats=None, probes=None, progress=None):
     """The gradient-independence ansatz: the DMFT without the response functions A, B.
 
     Linear networks: exact (:func:`deep_linear` with ``responses=False``); nonlinear:
-    :func:`nonlinear` with ``responses=False`` (needs ``samples`` and ``key``). ``update`` as
-    in those solvers.
+    :func:`nonlinear` with ``responses=False`` (needs ``samples`` and ``key``). Always in the
+    Euler (gradient-flow) form: see ``_NO_EXACT_WITHOUT_RESPONSES``.
     """
     if _monte_carlo(activation, samples, key, "gradient_independence"):
         return nonlinear(Kx, y, depth=depth, activation=activation, gamma0=gamma0, eta=eta,
-                         steps=steps, samples=samples, key=key, responses=False, update=update,
+                         steps=steps, samples=samples, key=key, responses=False,
                          **_mc_kwargs(repeats, probes, progress))
     _mc_only(activation, samples=samples, key=key, repeats=repeats, probes=probes,
              progress=progress)
-    return deep_linear(Kx, y, depth=depth, gamma0=gamma0, eta=eta, steps=steps, responses=False,
-                       update=update)
+    return deep_linear(Kx, y, depth=depth, gamma0=gamma0, eta=eta, steps=steps, responses=False)
+
+
+# The exact discrete-time output f(t) = <z^L(t) phi(h^L(t))> / gamma0 rests on the correlations
+# between a neuron's readout weight and its fields that the response functions carry. Without
+# them (gradient independence, depth >= 2) it disagrees with the same ansatz's own NTK dynamics
+# at O(1), not O(eta): 0.045-0.065 in the loss at eta = 0.1, gamma0 = 0.5-1.5 (linear and tanh,
+# depth 2), more than the ansatz's error. So that combination is refused.
+_NO_EXACT_WITHOUT_RESPONSES = (
+    "update='exact' needs the response functions (responses=True) at depth >= 2: without them "
+    "the discrete-time output is not consistent with the ansatz's own dynamics; use the Euler "
+    "update for gradient independence")
 
 
 def perturbative(Kx, y, *, depth, gamma0, eta, steps, activation="linear", samples=None,
@@ -793,7 +806,9 @@ class NonlinearSolution(NamedTuple):
     ``loss`` (from independent repeats), ``ntk`` (T+1, P, P); ``phi`` and ``g`` (L, T+1, P, T+1, P)
     the feature and gradient kernels Phi^l(t, s), G^l(t, s) for l = 1..L; ``h`` and ``z``
     (L, T+1, S, P) the sampled pre-activations and backward fields (``g^l = phi'(h^l) z^l``), for
-    densities; ``residuals``, ``converged``, ``method``, ``params`` as in :class:`DMFTSolution`.
+    densities; ``residuals``, ``converged``, ``method``, ``params`` as in :class:`DMFTSolution`;
+    ``kernel_err``: relative Monte-Carlo standard errors of the equal-time kernels, a dict with
+    ``phi`` and ``g`` (L, T+1) and ``ntk`` (T+1,) (see :func:`kernel_stderr`).
     """
     delta: jax.Array
     loss: jax.Array
@@ -807,6 +822,7 @@ class NonlinearSolution(NamedTuple):
     converged: bool
     method: str
     params: dict
+    kernel_err: dict | None = None
 
 
 def band(sol, sigmas=3.0):
@@ -825,42 +841,45 @@ def band(sol, sigmas=3.0):
 
 def kernel_stderr(sol, t=-1):
     """Relative Monte-Carlo standard errors |K^ - K|_F / |K|_F of the equal-time kernels of a
-    Monte-Carlo solution at step ``t``, from its sampled fields.
+    Monte-Carlo solution at step ``t``: ``(phi, g, ntk)``, arrays (L,), (L,) and a float.
 
-    For Phi^l(t, t) and G^l(t, t): sqrt((E|f|^4 - |K|^2) / S) / |K|, with f a neuron's fields
-    (phi(h), or phi'(h) z) over the P examples (see :func:`_estimate`). The NTK is the sum over
-    l = 0..L of Phi^l (.) G^(l+1) (Phi^0 = Kx and G^(L+1) = 1 are exact); the layers' errors are
-    independent, so each term's relative error is about sqrt(e_Phi^2 + e_G^2) and they add in
-    quadrature, weighted by the terms' norms. Returns ``(phi, g, ntk)``: arrays (L,), (L,) and
-    a float.
-
-    These are the errors of i.i.d. sampling: an upper bound, since the solver's sources are
-    moment-matched (see :func:`_mc_noise`). Against the analytic kernels at gamma0 = 0 the
-    actual errors were 0.46-1.07 of them (ReLU and erf, depth 1-2, 12 keys each).
+    Like ``loss_stderr`` they come from the ``repeats`` independent solves that run alongside
+    the pooled one: the spread of the repeats' kernels, divided by sqrt(repeats) (the pooled
+    solve has that many times their neurons). This includes what a formula for independent
+    samples would miss: the noise that the sampled kernels and response functions feed back
+    into the fields (in deep ReLU networks, through the kernel estimate of phi'' = delta, it
+    doubles the error), and the noise that moment matching removes (see :func:`_mc_noise`).
+    Being estimated from ``repeats`` solves, an error is itself uncertain by about
+    1 / sqrt(2 (repeats - 1)) (27% at 8 repeats).
     """
-    if not isinstance(sol, NonlinearSolution) or sol.h.shape[2] == 0:
-        raise ValueError("sol must be a Monte-Carlo solution of nonlinear() (with sampled "
-                         "fields h, z)")
-    L, T1 = sol.h.shape[0], sol.h.shape[1]
+    if not isinstance(sol, NonlinearSolution) or sol.kernel_err is None:
+        raise ValueError("sol must be a Monte-Carlo solution of nonlinear() or perturbative()")
+    T1 = sol.loss.shape[0]
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not -T1 <= t < T1:
         raise ValueError(f"t must be an integer time index in [-{T1}, {T1 - 1}]; got {t!r}")
-    phi, dphi, _ = _derivatives(sol.params["activation"])
-    h, z = sol.h[:, t], sol.z[:, t]                                        # (L, S, P)
+    e = sol.kernel_err
+    return e["phi"][:, t], e["g"][:, t], float(e["ntk"][t])
 
-    def rel(F):
-        K, var = _estimate(F)
-        return jnp.sqrt(var) / jnp.linalg.norm(K)
 
-    e_phi = np.asarray(jax.vmap(rel)(phi(h)), np.float64)
-    e_g = np.asarray(jax.vmap(rel)(dphi(h) * z), np.float64)
-    Phi, G = sol.phi[:, t, :, t, :], sol.g[:, t, :, t, :]
-    ntk = np.asarray(sol.ntk[t], np.float64)
-    terms = [np.asarray(Phi[l - 1] * (G[l] if l < L else 1.0)) for l in range(1, L + 1)]
-    terms.insert(0, ntk - sum(terms))                                      # Kx (.) G^1
-    e_terms = [e_g[0]] + [np.hypot(e_phi[l - 1], e_g[l] if l < L else 0.0)
-                          for l in range(1, L + 1)]
-    e_ntk = np.sqrt(sum((np.linalg.norm(a) * e) ** 2 for a, e in zip(terms, e_terms)))
-    return e_phi, e_g, float(e_ntk / np.linalg.norm(ntk))
+def _equal_time(K, T1, P):
+    """(..., (T+1) P, (T+1) P) two-time kernels -> (..., T+1, P, P) equal-time blocks K(t, t)."""
+    K5 = K.reshape(K.shape[:-2] + (T1, P, T1, P))
+    return jnp.moveaxis(jnp.diagonal(K5, axis1=-4, axis2=-2), -1, -3)
+
+
+def _repeat_errors(ntk, Phi, G, r_ntk, r_Phi, r_G):
+    """Relative standard errors of the pooled solve's equal-time kernels from the repeats' spread
+    (leading axis R of ``r_*``): sqrt(sum_r |K_r - mean|^2 / (R - 1)) / sqrt(R) / |K|."""
+    T1, P = ntk.shape[0], ntk.shape[1]
+
+    def rel(main, reps):
+        R = reps.shape[0]
+        dev2 = jnp.sum((reps - reps.mean(0)) ** 2, axis=(-2, -1)).sum(0) / (R - 1)
+        norm = jnp.maximum(jnp.linalg.norm(main, axis=(-2, -1)), jnp.finfo(main.dtype).tiny)
+        return np.asarray(jnp.sqrt(dev2 / R) / norm, np.float64)
+
+    return dict(phi=rel(_equal_time(Phi, T1, P), _equal_time(r_Phi, T1, P)),
+                g=rel(_equal_time(G, T1, P), _equal_time(r_G, T1, P)), ntk=rel(ntk, r_ntk))
 
 
 def _chunks(T1, progress):
@@ -940,7 +959,7 @@ def _mc_validate(Kx, y, depth, activation, gamma0, eta, steps, samples, repeats,
 
 
 def _finish(delta, loss_stderr, ntk, Phi, G, h, z, *, method, params, residuals, tol,
-            what="Monte-Carlo DMFT"):
+            kernel_err, what="Monte-Carlo DMFT"):
     """Package a Monte-Carlo solve; warn (and flag ``converged=False``) on non-finite results or
     a self-consistency residual above ``tol``."""
     depth, T1, P = len(Phi), delta.shape[0], delta.shape[1]
@@ -954,12 +973,12 @@ def _finish(delta, loss_stderr, ntk, Phi, G, h, z, *, method, params, residuals,
     converged = finite and (len(residuals) == 0 or bool(residuals[-1] < tol))
     if finite and not converged:
         warnings.warn(f"{what} not self-consistent: kernels re-estimated from fresh samples "
-                      f"differ by {residuals[-1]:.3g} (relative), more than tol = {tol:.3g}",
-                      RuntimeWarning, stacklevel=3)
+                      f"differ by {residuals[-1]:.3g} times their expected Monte-Carlo "
+                      f"difference, more than tol = {tol:.3g}", RuntimeWarning, stacklevel=3)
     return NonlinearSolution(
         delta=delta, loss=loss, loss_stderr=loss_stderr, ntk=ntk, phi=Phi, g=G, h=h, z=z,
         residuals=np.asarray(residuals, float), converged=bool(converged), method=method,
-        params=params)
+        params=params, kernel_err=kernel_err)
 
 
 RESIDUAL_TOL = 4.0     # default tol of the fresh-sample check (see nonlinear)
@@ -996,7 +1015,8 @@ def nonlinear(Kx, y, *, depth, activation, gamma0, eta, steps, samples, key, rep
         probes change tanh kernels by 0.06-0.3 of that error (tested), ReLU kernels by up to
         ~0.9 of it at any number of probes (neurons near the kink switch: a re-draw within
         the Monte-Carlo noise, unbiased over keys, tested against networks).
-      responses: False drops A and B (the gradient-independence approximation).
+      responses: False drops A and B (the gradient-independence approximation; Euler update
+        only at depth >= 2).
       update: ``"euler"`` (default, the gradient-flow form ``Delta(t+1) = Delta(t) - (eta/P)
         K(t) Delta(t)``) or ``"exact"``: the infinite-width output of discrete gradient descent,
         ``Delta(t) = y - f(t)`` with ``f(t) = <z^L(t) phi(h^L(t))> / gamma0`` centred at t = 0,
@@ -1023,7 +1043,10 @@ def nonlinear(Kx, y, *, depth, activation, gamma0, eta, steps, samples, key, rep
     Kx, y, depth, gamma0, eta, steps, samples, repeats, probes, key = _mc_validate(
         Kx, y, depth, activation, gamma0, eta, steps, samples, repeats, probes, key)
     _checks.choice(update, "update", ("euler", "exact"))
-    responses = _checks.flag(responses, "responses") and depth >= 2
+    responses = _checks.flag(responses, "responses")
+    if update == "exact" and not responses and depth >= 2:
+        raise ValueError(_NO_EXACT_WITHOUT_RESPONSES)
+    responses = responses and depth >= 2
     check = _checks.flag(check, "check")
     T1, P = steps + 1, Kx.shape[0]
     (state, noise), (r_state, r_noise), (K_main, K_rep) = _mc_setup(
@@ -1061,8 +1084,12 @@ def nonlinear(Kx, y, *, depth, activation, gamma0, eta, steps, samples, key, rep
             samples=samples)
         residuals = [max(_mc_residual(Phi, Phi_new, Phi_var), _mc_residual(G, G_new, G_var))]
     tol = RESIDUAL_TOL if tol is None else _checks.nonnegative(tol, "tol")
+    kernel_err = _repeat_errors(state["ntk"], jnp.stack(state["Phi"]), jnp.stack(state["G"]),
+                                r_state["ntk"], jnp.stack(r_state["Phi"], 1),
+                                jnp.stack(r_state["G"], 1))
     return _finish(delta, _stderr(r_state["delta"][:, :T1], repeats),
                    state["ntk"], state["Phi"], state["G"], h, z, residuals=residuals, tol=tol,
+                   kernel_err=kernel_err,
                    method="causal-monte-carlo",
                    params=dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
                                steps=steps, samples=samples, repeats=repeats,
@@ -1110,7 +1137,7 @@ def _perturbative_mc(Kx, y, *, depth, activation, gamma0, eta, steps, samples, k
     run = dict(activation=activation, responses=responses)
     truncate = lambda b, s2: tuple(b_ + gamma0 ** 2 * s_ for b_, s_ in zip(b, s2))
     ntk, Phi, G = truncate(*_mc_second_order(state, noise, Kx, et, **run))
-    r_ntk = truncate(*_mc_second_order_batched(r_state, r_noise, Kx, et, **run))[0]
+    r_ntk, r_Phi, r_G = truncate(*_mc_second_order_batched(r_state, r_noise, Kx, et, **run))
 
     errors = lambda ntk_t: _euler_errors(y, ntk_t, eta)
     delta = errors(ntk)
@@ -1118,6 +1145,7 @@ def _perturbative_mc(Kx, y, *, depth, activation, gamma0, eta, steps, samples, k
     empty = jnp.zeros((depth, T1, 0, Kx.shape[0]), Kx.dtype)   # no sampled fields to report
     return _finish(delta, _stderr(jax.vmap(errors)(r_ntk), repeats), ntk, list(Phi), list(G),
                    empty, empty, residuals=[], tol=0.0, method="perturbative-monte-carlo",
+                   kernel_err=_repeat_errors(ntk, Phi, G, r_ntk, r_Phi, r_G),
                    what="perturbative solve",
                    params=dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
                                steps=steps, samples=S, repeats=repeats,
