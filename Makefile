@@ -12,13 +12,10 @@ JOBS    ?= 2
 # make test: the chapters' executed copies (rendered by the build instead of executing again)
 EXECUTED := _build/executed
 CI_ENV  := WIDENETS_PRESET=ci JAX_PLATFORMS=cpu
-# make test runs two pytest-xdist workers (and the chapters' kernels) side by side on the CPU
-# cores: each XLA process then computes on one thread. With XLA's default thread pool per
-# process, a process of many small ops (a Monte-Carlo DMFT solve) waits for the cores at every op
-# while another runs large matrix products: measured 3.4x slower next to a GEMM loop (2x with
-# one thread each, a fair share), and in a full `make test` Chapter 4 took 1117 s instead of
-# ~150 s.
-ONE_THREAD := XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# make test runs two pytest-xdist workers (and the chapters' kernels) side by side: each worker
+# gets a core of its own (tests/conftest.py), so that XLA's thread pools do not fight over the
+# cores (Chapter 4 took 1117 s instead of ~150 s next to the unit tests without it)
+PIN     := WIDENETS_PIN_WORKERS=1
 
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
@@ -51,7 +48,7 @@ test: install
 #    so the chapters start at once on both workers and the unit tests fill in around them
 test-units-and-chapters:
 	rm -rf $(EXECUTED)
-	$(CI_ENV) $(ONE_THREAD) WIDENETS_EXECUTED=$(EXECUTED) $(PY) -m pytest -q -p no:cacheprovider \
+	$(CI_ENV) $(PIN) WIDENETS_EXECUTED=$(EXECUTED) $(PY) -m pytest -q -p no:cacheprovider \
 	  -n $(JOBS) --dist loadgroup --durations=31 tests/test_chapters.py tests
 
 # 2. the strict book build renders those executed copies (it never executes a notebook)

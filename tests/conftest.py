@@ -11,6 +11,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# `make test` runs two pytest-xdist workers side by side, and a chapter's kernel next to them.
+# XLA sizes its thread pools by the CPUs a process may run on; with every process allowed on
+# every core, a process of many small ops (a Monte-Carlo DMFT solve) waits for the cores at
+# each op while another runs large matrix products (Chapter 4 took 1117 s instead of ~150 s in
+# one make test). WIDENETS_PIN_WORKERS=1 (set by make test) gives worker gw<n> one core of its
+# own, before JAX is imported; the chapter kernels it starts inherit it.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if (os.environ.get("WIDENETS_PIN_WORKERS") == "1" and _worker.startswith("gw")
+        and hasattr(os, "sched_setaffinity")):
+    _cpus = sorted(os.sched_getaffinity(0))
+    if len(_cpus) > 1:
+        os.sched_setaffinity(0, {_cpus[int(_worker[2:]) % len(_cpus)]})
+
 import pytest  # noqa: E402
 
 
