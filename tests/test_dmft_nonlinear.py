@@ -68,7 +68,8 @@ def test_every_layers_kernels_agree_with_wide_networks(depth, activation):
     Monte-Carlo error (kernel_stderr, S = 1000) and e_net the networks' seed spread; the
     discrete-time update compares like with like. Measured: z <= 1.94 over these 80 numbers
     (most 0.7-1.3); before the control variate of the response functions, G^1 of depth-3 tanh
-    networks reached z = 3.7 (the probe-noise bias). Tolerance 3: both errors in the denominator
+    networks reached z = 3.7 (the probe-noise bias; measured with the independent-sample error,
+    which for tanh is close to the repeats'). Tolerance 3: both errors in the denominator
     are estimated (8 repeats, 4 seeds), each uncertain by 25-40%."""
     kw = dict(depth=depth, activation=activation, **NETS_KW)
     tr = wn.nets.train_mlp(TASK.X, TASK.y, width=NETS_N, key=jax.random.PRNGKey(4),
