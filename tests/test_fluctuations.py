@@ -137,3 +137,33 @@ def test_lazy_networks_follow_the_closed_form(activation):
     assert abs(nets.max() / theory.max() - 1) < 0.25, (nets.max(), theory.max())
     assert abs(int(np.argmax(nets)) - int(np.argmax(theory))) <= 1
     assert np.max(np.abs(nets - theory)) < 0.25 * theory.max()
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+def test_initial_covariance_across_layers_closed_form(activation):
+    """N Cov[q^l, q^m] / (q^l q^m) of one input's initial kernels, depth 3, N = 256: the closed
+    form V min(l, m) (V = 2 linear, 5 ReLU; gradients from the readout down) against 1500
+    sampled networks. A covariance from 1500 draws has relative error sqrt(2/1499) ~ 3.7% (more
+    for the heavier-tailed ReLU products); measured within 3% with 4000 networks; tolerance 15%
+    per entry (4 standard errors)."""
+    x = np.asarray(wn.data.gaussian_task(jax.random.PRNGKey(0), 1, 16).X)
+    out = fl.init_kernel_covariance(x, depth=3, width=256, activation=activation, n_seeds=1500,
+                                    key=1)
+    phi, g = fl.init_relative_covariance(3, activation)
+    for name, closed in (("phi", phi), ("g", g)):
+        mean = out[name][:, 0, 0]
+        measured = out[name + "_cov"][:, :, 0, 0, 0, 0] / np.outer(mean, mean)
+        np.testing.assert_allclose(measured, closed, rtol=0.15, err_msg=name)
+
+
+def test_closed_form_and_ensemble_bad_input():
+    with pytest.raises(ValueError, match="activation"):
+        fl.init_relative_covariance(2, "tanh")           # not homogeneous: sample it instead
+    with pytest.raises(ValueError, match="depth"):
+        fl.init_relative_covariance(0, "relu")
+    X = np.ones((3, 4))
+    with pytest.raises(ValueError, match="n_seeds"):
+        fl.init_kernel_covariance(X, depth=1, width=8, activation="relu", n_seeds=2, key=0)
+    with pytest.raises(ValueError, match="width"):
+        fl.ensemble(X, np.ones(3), depth=1, width=0, activation="relu", gamma0=1.0, eta=0.1,
+                    steps=2, n_seeds=4, key=0)

@@ -153,3 +153,49 @@ def lazy_delta_variance(K, kappa, y, *, eta, steps, update="exact"):
         raise ValueError("the lazy variance is not finite: eta is above the stable learning "
                          "rate 2 P / lambda_max(K) of kernel gradient descent")
     return np.diagonal(cov, axis1=1, axis2=2).copy(), cov
+
+
+def init_kernel_covariance(X, *, depth, width, activation, n_seeds, key,
+                           parameterization="mup"):
+    """N Cov of the initial kernels across layers, from ``n_seeds`` sampled networks of width N.
+
+    Returns a dict: ``phi``, ``g`` (L, P, P) the mean kernels and ``phi_cov``, ``g_cov``
+    (L, L, P, P, P, P) with ``phi_cov[l, m, a, b, c, d] = N Cov[Phi^(l+1)_ab, Phi^(m+1)_cd]``
+    (likewise for G). A covariance from E networks has relative error ~sqrt(2 / (E - 1)).
+    """
+    from . import nets
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=3)
+    width = _checks.positive_int(width, "width")
+    X = _checks.inputs(X)
+    net = nets.make_mlp(X.shape[1], depth=depth, width=width, activation=activation,
+                        parameterization=parameterization)
+    ker = nets.init_kernels(net, X, key, n_seeds=n_seeds)
+    out = {}
+    for name in ("phi", "g"):
+        k = np.asarray(getattr(ker, name), np.float64)                     # (E, L, P, P)
+        dev = k - k.mean(0)
+        out[name] = k.mean(0)
+        out[name + "_cov"] = width * np.einsum("elab,emcd->lmabcd", dev, dev) / (n_seeds - 1)
+    return out
+
+
+def init_relative_covariance(depth, activation):
+    """Closed-form N Cov[q^l, q^m] / (q^l q^m) of the initial kernels of one input across layers,
+    for a linear or ReLU network (homogeneous activations): ``(phi, g)``, each (L, L).
+
+    Given the layer below, the N pre-activations of layer l are independent Gaussians, so the
+    feature kernel Phi^l = <phi(h)^2> of the layer adds a relative fluctuation of variance V / N
+    to the one it inherits: V = Var[phi(h)^2] / E[phi(h)^2]^2 = 2 for linear units (chi^2) and
+    5 for ReLU (E relu^4 = 3 q^2 / 2, E relu^2 = q / 2); by homogeneity the inherited part passes
+    on unchanged. Hence N Cov[Phi^l, Phi^m] / (Phi^l Phi^m) = V min(l, m). The gradient kernels
+    accumulate the same way from the readout down: V min(L + 1 - l, L + 1 - m), with
+    V = 2 (linear: the readout weights' chi^2, then each W^T) and 5 (ReLU: phi'(h)^2 z^2 with
+    z independent of h, E[1(h>0) z^4] = 3 G^2 / 2).
+    """
+    depth = _checks.positive_int(depth, "depth")
+    _checks.choice(activation, "activation", ("linear", "relu"))
+    V = 2.0 if activation == "linear" else 5.0
+    l = np.arange(1, depth + 1)
+    phi = V * np.minimum(l[:, None], l[None, :])
+    g = V * np.minimum(depth + 1 - l[:, None], depth + 1 - l[None, :])
+    return phi, g
