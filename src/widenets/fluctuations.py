@@ -199,3 +199,107 @@ def init_relative_covariance(depth, activation):
     phi = V * np.minimum(l[:, None], l[None, :])
     g = V * np.minimum(depth + 1 - l[:, None], depth + 1 - l[None, :])
     return phi, g
+
+
+# ----------------------------------------------------------------------------- the propagator
+class Propagator(NamedTuple):
+    """Leading-order fluctuations of the order parameters around the infinite-width solution.
+
+    ``delta`` (T+1, P) = N Var[Delta_mu(t)] of the centred error, ``delta_cov`` (T+1, P, P) its
+    covariance across examples, ``ntk`` (T+1, P, P) = N Var[K_mu nu(t)]; ``mean_delta`` (T+1, P)
+    and ``mean_ntk`` (T+1, P, P) the infinite-width solution it linearises around; ``params``.
+    """
+    delta: np.ndarray
+    delta_cov: np.ndarray
+    ntk: np.ndarray
+    mean_delta: np.ndarray
+    mean_ntk: np.ndarray
+    params: dict
+
+
+def _two_layer_linear(C, Kx, y, gamma0, eta, steps, update):
+    """Delta(t) and K(t) of a two-layer linear muP network whose N neurons' sources
+    xi_i = (u_i, r_i) (u_i = W_i x / sqrt(D) ~ N(0, Kx), r_i the readout weight) have empirical
+    covariance C ((P+1, P+1); C = blockdiag(Kx, 1) at infinite width).
+
+    Every neuron's fields are linear in its sources, h_i(t) = H_t xi_i and g_i(t) = g_t . xi_i,
+    with H_{t+1} = H_t + c Kx Delta(t) g_t^T and g_{t+1} = g_t + c H_t^T Delta(t), c = gamma0
+    eta / P; so the kernels are Phi(t) = H_t C H_t^T, G(t) = g_t^T C g_t, K(t) = G(t) Kx + Phi(t)
+    and the network depends on its neurons only through C. ``update="exact"``: the network's
+    output f(t) = H_t C g_t / gamma0 (centred), Delta = y - f; ``"euler"``: Delta(t+1) =
+    Delta(t) - (eta / P) K(t) Delta(t).
+    """
+    P = Kx.shape[0]
+    c = gamma0 * eta / P
+    H0 = jnp.concatenate([jnp.eye(P, dtype=Kx.dtype), jnp.zeros((P, 1), Kx.dtype)], axis=1)
+    g0 = jnp.zeros(P + 1, Kx.dtype).at[P].set(1.0)
+    f0 = H0 @ C @ g0
+
+    def step(carry, _):
+        H, g, d = carry
+        K = (g @ C @ g) * Kx + H @ C @ H.T
+        H_next, g_next = H + c * jnp.outer(Kx @ d, g), g + c * H.T @ d
+        if update == "exact":
+            d_next = y - (H_next @ C @ g_next - f0) / gamma0
+        else:
+            d_next = d - (eta / P) * K @ d
+        return (H_next, g_next, d_next), (d, K)
+
+    _, (delta, K) = jax.lax.scan(step, (H0, g0, y), None, length=steps + 1)
+    return delta, K
+
+
+def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", samples=None,
+               key=None) -> Propagator:
+    """N Var of the error and the NTK of width-N networks at leading order in 1/N: the
+    linear response of the order parameters to the fluctuations of the single-site averages.
+
+    Implemented so far: two-layer linear networks (``depth=1, activation="linear"``), exactly.
+    There the network depends on its N neurons only through the empirical covariance C of
+    their sources (see :func:`_two_layer_linear`), a Wishart matrix with
+    N Cov[C_ab, C_cd] = C_ac C_bd + C_ad C_bc, so N Cov[Delta(t)] = J_t kappa J_t^T with
+    J_t = dDelta(t)/dC (forward-mode autodiff through the causal recursion: no Hessian, no
+    inverse). ``update`` as in :func:`widenets.dmft.deep_linear`. Deeper and nonlinear networks
+    are the next part of issue 11 and raise a ValueError for now.
+    """
+    Kx = _checks.kernel_matrix(Kx, "Kx")
+    P = Kx.shape[0]
+    y = _checks.targets(y, P)
+    depth = _checks.positive_int(depth, "depth")
+    _checks.choice(activation, "activation", _checks.ACTIVATIONS)
+    gamma0 = _checks.nonnegative(gamma0, "gamma0", strict=True)
+    eta = _checks.nonnegative(eta, "eta")
+    steps = _checks.positive_int(steps, "steps")
+    _checks.choice(update, "update", ("exact", "euler"))
+    if depth != 1 or activation != "linear":
+        raise ValueError("propagator: only depth=1 with activation='linear' is implemented so "
+                         f"far (got depth={depth}, activation={activation!r}); deep and "
+                         "nonlinear networks are in progress (issue 11)")
+    if samples is not None or key is not None:
+        raise ValueError("samples and key are for Monte-Carlo propagators; the two-layer linear "
+                         "one is exact")
+    _checks.fits(8.0 * (steps + 1) * (P + 1) ** 2 * P * P * 3, "steps",
+                 f"this propagator (steps={steps}, P={P})")
+    dt = jnp.float64 if _checks._x64() else jnp.float32
+    Kx, y = jnp.asarray(Kx, dt), jnp.asarray(y, dt)
+    C = jnp.zeros((P + 1, P + 1), dt).at[:P, :P].set(Kx).at[P, P].set(1.0)
+    run = lambda C_: _two_layer_linear(C_, Kx, y, jnp.asarray(gamma0, dt), jnp.asarray(eta, dt),
+                                       steps, update)
+    mean_delta, mean_ntk = run(C)
+    # J: derivatives with respect to the (P+1)^2 entries of C, in forward mode
+    basis = jnp.eye((P + 1) ** 2, dtype=dt).reshape(-1, P + 1, P + 1)
+    Jd, JK = jax.vmap(lambda E: jax.jvp(run, (C,), (E,))[1])(basis)      # (n, T+1, P[, P])
+    kappa = (jnp.einsum("ac,bd->abcd", C, C) + jnp.einsum("ad,bc->abcd", C, C)).reshape(
+        (P + 1) ** 2, (P + 1) ** 2)
+    cov = jnp.einsum("itm,ij,jtn->tmn", Jd, kappa, Jd)
+    var_ntk = jnp.einsum("itmn,ij,jtmn->tmn", JK, kappa, JK)
+    cov, var_ntk = np.asarray(cov, np.float64), np.asarray(var_ntk, np.float64)
+    if not (np.all(np.isfinite(cov)) and np.all(np.isfinite(var_ntk))):
+        import warnings
+        warnings.warn("the propagator is not finite: eta is probably above the stable learning "
+                      "rate, or gamma0 so large that the kernels grow without bound",
+                      RuntimeWarning, stacklevel=2)
+    return Propagator(delta=np.diagonal(cov, axis1=1, axis2=2).copy(), delta_cov=cov,
+                      ntk=var_ntk, mean_delta=np.asarray(mean_delta), mean_ntk=np.asarray(mean_ntk),
+                      params=dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
+                                  steps=steps, update=update))
