@@ -224,9 +224,11 @@ def test_two_layer_linear_propagator_has_the_lazy_limit():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(depth=2), "depth"),
-    (dict(activation="relu"), "activation"),
+    (dict(activation="softplus"), "activation"),
     (dict(gamma0=0.0), "gamma0"),
-    (dict(samples=100), "samples"),
+    (dict(samples=100), "key"),
+    (dict(activation="relu", samples=100, key=0), "relu"),
+    (dict(activation="tanh", samples=4, key=0), "samples"),
     (dict(update="flow"), "update"),
     (dict(steps=10**9), "steps"),
 ])
@@ -236,3 +238,39 @@ def test_propagator_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         fl.propagator(Kx, y, **args)
+
+
+def test_monte_carlo_propagator_reproduces_the_exact_linear_one():
+    """The influence-function route (S = 4000 sampled neurons, reverse mode) against the exact
+    two-layer linear propagator: the peak of N Var[Delta] summed over examples within 3 of its
+    stated Monte-Carlo standard errors (measured 1.330 +- 0.072 against 1.289)."""
+    with enable_x64():
+        _, Kx, y = _linear_task()
+        kw = dict(depth=1, activation="linear", gamma0=1.0, eta=0.5, steps=30)
+        exact = fl.propagator(Kx, y, **kw)
+        mc = fl.propagator(Kx, y, samples=4000, key=1, **kw)
+    i = int(np.argmax(exact.delta.sum(1)))
+    assert abs(mc.delta.sum(1)[i] - exact.delta.sum(1)[i]) < 3 * mc.delta_stderr.sum(1)[i]
+
+
+def test_two_layer_tanh_propagator_against_networks():
+    """Two-layer tanh, gamma0 = 1: the Monte-Carlo propagator (S = 4000) against 1000 centred
+    networks of width 200. Standard errors of the two peaks: 3.3% (stated) and 4.5%
+    (sqrt(2/999)); measured peak 0.661 against 0.696 (-5%, 0.9 combined s.e.), the same step, the
+    curve within 4.2% of the peak, the final NTK's total N Var 4.88 against 4.95. Tolerances 15%
+    (the issue's, ~2.7 s.e.); the mean is the DMFT's within the Monte-Carlo error of two
+    independent S = 4000 solves (measured 0.0046; tolerance 0.02)."""
+    task, Kx, y = _linear_task()
+    Kx32, y32 = wn.data.input_kernel(task.X), task.y
+    kw = dict(gamma0=1.0, eta=0.5, steps=30)
+    pr = fl.propagator(Kx32, y32, depth=1, activation="tanh", samples=4000, key=1, **kw)
+    sol = wn.dmft.nonlinear(Kx32, y32, depth=1, activation="tanh", samples=4000, key=3,
+                            update="exact", progress=False, **kw)
+    assert np.max(np.abs(pr.mean_delta - np.asarray(sol.delta))) < 0.02
+    ens = fl.ensemble(task.X, task.y, depth=1, width=200, activation="tanh", n_seeds=1000, key=5,
+                      **kw)
+    theory, nets = pr.delta.sum(1), ens.delta.sum(1)
+    assert abs(nets.max() / theory.max() - 1) < 0.15, (nets.max(), theory.max())
+    assert abs(int(np.argmax(nets)) - int(np.argmax(theory))) <= 1
+    assert np.max(np.abs(ens.delta - pr.delta)) < 0.15 * theory.max()
+    assert abs(ens.ntk[-1].sum() / pr.ntk[-1].sum() - 1) < 0.15
