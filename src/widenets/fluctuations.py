@@ -219,6 +219,14 @@ class Propagator(NamedTuple):
     delta_stderr: np.ndarray | None = None
 
 
+def _next_error(update, y, d, K, eta, moved_output):
+    """Delta(t+1): ``"exact"`` y minus the network's centred output at t+1 (``moved_output()``,
+    discrete gradient descent); ``"euler"`` Delta(t) - (eta / P) K(t) Delta(t)."""
+    if update == "exact":
+        return y - moved_output()
+    return d - (eta / K.shape[0]) * K @ d
+
+
 def _two_layer_linear(C, Kx, y, gamma0, eta, steps, update):
     """Delta(t) and K(t) of a two-layer linear muP network whose N neurons' sources
     xi_i = (u_i, r_i) (u_i = W_i x / sqrt(D) ~ N(0, Kx), r_i the readout weight) have empirical
@@ -241,10 +249,7 @@ def _two_layer_linear(C, Kx, y, gamma0, eta, steps, update):
         H, g, d = carry
         K = (g @ C @ g) * Kx + H @ C @ H.T
         H_next, g_next = H + c * jnp.outer(Kx @ d, g), g + c * H.T @ d
-        if update == "exact":
-            d_next = y - (H_next @ C @ g_next - f0) / gamma0
-        else:
-            d_next = d - (eta / P) * K @ d
+        d_next = _next_error(update, y, d, K, eta, lambda: (H_next @ C @ g_next - f0) / gamma0)
         return (H_next, g_next, d_next), (d, K)
 
     _, (delta, K) = jax.lax.scan(step, (H0, g0, y), None, length=steps + 1)
@@ -270,10 +275,8 @@ def _two_layer_weighted(w, U, R, Kx, y, gamma0, eta, steps, activation, update):
         F, g = phi(h), dphi(h) * z[:, None]
         K = avg(g[:, :, None] * g[:, None, :]) * Kx + avg(F[:, :, None] * F[:, None, :])
         h_next, z_next = h + c * (g * d[None, :]) @ Kx, z + c * F @ d
-        if update == "exact":
-            d_next = y - (avg(z_next[:, None] * phi(h_next)) / gamma0 - f0)
-        else:
-            d_next = d - (eta / P) * K @ d
+        d_next = _next_error(update, y, d, K, eta,
+                             lambda: avg(z_next[:, None] * phi(h_next)) / gamma0 - f0)
         return (h_next, z_next, d_next), (d, K)
 
     _, (delta, K) = jax.lax.scan(step, (U, R, y), None, length=steps + 1)
