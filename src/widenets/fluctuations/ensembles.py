@@ -1,0 +1,183 @@
+"""Ensembles of finite networks, initial kernel covariances and the lazy-limit closed forms."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _checks
+
+
+class Ensemble(NamedTuple):
+    """Statistics of an ensemble of ``n_seeds`` networks of width N over initialisations.
+
+    ``mean_delta`` (T+1, P) and ``delta`` (T+1, P) = N Var[Delta_mu(t)], ``delta_cov``
+    (T+1, P, P) = N Cov[Delta_mu(t), Delta_nu(t)]; ``mean_ntk`` and ``ntk`` (n_rec, P, P) =
+    N Var[K_mu nu(t)] at ``times``; ``*_stderr`` the standard errors of the N Var estimates
+    (a variance from E members has relative error sqrt(2 / (E - 1)) for Gaussian fluctuations);
+    ``bias_delta`` (T+1, P) = <Delta> - Delta_inf when a DMFT solution was given, else None.
+    """
+    mean_delta: np.ndarray
+    delta: np.ndarray
+    delta_stderr: np.ndarray
+    delta_cov: np.ndarray
+    mean_ntk: np.ndarray
+    ntk: np.ndarray
+    ntk_stderr: np.ndarray
+    times: np.ndarray
+    bias_delta: np.ndarray | None
+    params: dict
+
+
+def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key,
+             parameterization="mup", solution=None, record_every=None) -> Ensemble:
+    """N Var of the error and the NTK over ``n_seeds`` centred networks of width N, trained by
+    full-batch gradient descent with :func:`widenets.nets.train_mlp` (same arguments). With
+    ``solution`` (a DMFT solution with ``delta`` of shape (T+1, P)) also the bias
+    <Delta> - Delta_inf."""
+    from .. import nets
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=3)
+    width = _checks.positive_int(width, "width")
+    tr = nets.train_mlp(X, y, depth=depth, width=width, activation=activation, gamma0=gamma0,
+                        eta=eta, steps=steps, key=key, parameterization=parameterization,
+                        n_seeds=n_seeds, center=True, record_every=record_every)
+    delta = np.asarray(tr.delta, np.float64)                              # (E, T+1, P)
+    ntk = np.asarray(tr.ntk, np.float64)                                  # (E, n_rec, P, P)
+    E, N = n_seeds, width
+    rel = np.sqrt(2.0 / (E - 1))
+    dev = delta - delta.mean(0)
+    cov = N * np.einsum("etm,etn->tmn", dev, dev) / (E - 1)
+    var_delta = N * delta.var(0, ddof=1)
+    var_ntk = N * ntk.var(0, ddof=1)
+    bias = None
+    if solution is not None:
+        ref = np.asarray(solution.delta, np.float64)
+        if ref.shape != var_delta.shape:
+            raise ValueError(f"solution.delta must have shape {var_delta.shape} (steps + 1, P); "
+                             f"got {ref.shape}")
+        bias = delta.mean(0) - ref
+    return Ensemble(mean_delta=delta.mean(0), delta=var_delta, delta_stderr=rel * var_delta,
+                    delta_cov=cov, mean_ntk=ntk.mean(0), ntk=var_ntk, ntk_stderr=rel * var_ntk,
+                    times=np.asarray(tr.times), bias_delta=bias,
+                    params=dict(depth=depth, width=width, activation=activation, gamma0=gamma0,
+                                eta=eta, steps=steps, n_seeds=n_seeds,
+                                parameterization=parameterization))
+
+
+def init_ntk_covariance(X, *, depth, width, activation, n_seeds, key,
+                        parameterization="mup") -> tuple[np.ndarray, np.ndarray]:
+    """Mean initial NTK (P, P) and kappa = N Cov[K_ab, K_cd] (P, P, P, P) over ``n_seeds``
+    networks of width N at initialisation (their empirical NTKs)."""
+    from .. import nets
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=3)
+    width = _checks.positive_int(width, "width")
+    X = _checks.inputs(X)
+    net = nets.make_mlp(X.shape[1], depth=depth, width=width, activation=activation,
+                        parameterization=parameterization)
+    K = np.asarray(nets.init_kernels(net, X, key, n_seeds=n_seeds).ntk, np.float64)
+    dev = K - K.mean(0)
+    return K.mean(0), width * np.einsum("eab,ecd->abcd", dev, dev) / (n_seeds - 1)
+
+
+def lazy_delta_variance(K, kappa, y, *, eta, steps, update="exact"):
+    """N Cov[Delta(t)] (T+1, P, P) in the lazy limit, from the mean kernel ``K`` (P, P), the
+    covariance ``kappa`` = N Cov[K_ab, K_cd] (P, P, P, P) and the targets ``y`` (P,).
+
+    ``update="exact"``: discrete gradient descent, Delta(t+1) = (1 - eta K / P) Delta(t) (for a
+    frozen kernel this *is* the network's dynamics); ``"flow"``: gradient flow sampled at
+    t = 0..T in units of eta, Delta(t) = exp(-eta K t / P) y. Returns ``(var, cov)``: N Var[
+    Delta_mu(t)] (T+1, P) and the full covariance (T+1, P, P).
+    """
+    K = _checks.real_array(K, "K")
+    P = K.shape[0]
+    if K.ndim != 2 or K.shape != (P, P) or not np.allclose(K, K.T, atol=1e-6 * np.abs(K).max()):
+        raise ValueError(f"K must be a symmetric (P, P) matrix; got shape {K.shape}")
+    kappa = _checks.real_array(kappa, "kappa")
+    if kappa.shape != (P,) * 4:
+        raise ValueError(f"kappa must have shape {(P,) * 4}; got {kappa.shape}")
+    y = _checks.targets(y, P)
+    eta = _checks.nonnegative(eta, "eta")
+    steps = _checks.positive_int(steps, "steps")
+    _checks.choice(update, "update", ("exact", "flow"))
+    K, kappa, y = (jnp.asarray(a, jnp.float64 if _checks._x64() else jnp.float32)
+                   for a in (K, kappa, y))
+    eye = jnp.eye(P, dtype=K.dtype)
+    if update == "exact":
+        M = eye - eta * K / P
+        # J_{t+1} = M J_t - (eta/P) I (x) Delta(t); Delta(t+1) = M Delta(t)
+
+        def step(carry, _):
+            J, d = carry
+            J_next = jnp.einsum("mn,nab->mab", M, J) - (eta / P) * eye[:, :, None] * d[None, None, :]
+            return (J_next, M @ d), J
+        _, J = jax.lax.scan(step, (jnp.zeros((P, P, P), K.dtype), y), None, length=steps + 1)
+    else:
+        # gradient flow: dJ/dt = -(eta/P) (K J + I (x) Delta(t)), Delta(t) = e^{-eta K t / P} y;
+        # in the eigenbasis K = V diag(lam) V^T the solution is closed form
+        lam, V = jnp.linalg.eigh(K)
+        t = jnp.arange(steps + 1, dtype=K.dtype)[:, None]
+        a = eta * lam / P                                                  # rates
+        yv = V.T @ y
+        # J_t[mu, alpha, gamma] = -(eta/P) sum_ij V_mu i V_alpha i V_gamma j yv_j
+        #                          * int_0^t e^{-a_i (t - s)} e^{-a_j s} ds
+        ai, aj = a[:, None], a[None, :]
+        diff = aj - ai
+        same = jnp.abs(diff) < 1e-12
+        integral = jnp.where(same[None], t[:, :, None] * jnp.exp(-ai[None] * t[:, :, None]),
+                             (jnp.exp(-ai[None] * t[:, :, None]) - jnp.exp(-aj[None] * t[:, :, None]))
+                             / jnp.where(same, 1.0, diff)[None])           # (T+1, P_i, P_j)
+        J = -(eta / P) * jnp.einsum("mi,ai,gj,j,tij->tmag", V, V, V, yv, integral)
+    cov = jnp.einsum("tmab,abcd,tncd->tmn", J, kappa, J)
+    cov = np.asarray(cov, np.float64)
+    if not np.all(np.isfinite(cov)):
+        raise ValueError("the lazy variance is not finite: eta is above the stable learning "
+                         "rate 2 P / lambda_max(K) of kernel gradient descent")
+    return np.diagonal(cov, axis1=1, axis2=2).copy(), cov
+
+
+def init_kernel_covariance(X, *, depth, width, activation, n_seeds, key,
+                           parameterization="mup"):
+    """N Cov of the initial kernels across layers, from ``n_seeds`` sampled networks of width N.
+
+    Returns a dict: ``phi``, ``g`` (L, P, P) the mean kernels and ``phi_cov``, ``g_cov``
+    (L, L, P, P, P, P) with ``phi_cov[l, m, a, b, c, d] = N Cov[Phi^(l+1)_ab, Phi^(m+1)_cd]``
+    (likewise for G). A covariance from E networks has relative error ~sqrt(2 / (E - 1)).
+    """
+    from .. import nets
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=3)
+    width = _checks.positive_int(width, "width")
+    X = _checks.inputs(X)
+    net = nets.make_mlp(X.shape[1], depth=depth, width=width, activation=activation,
+                        parameterization=parameterization)
+    ker = nets.init_kernels(net, X, key, n_seeds=n_seeds)
+    out = {}
+    for name in ("phi", "g"):
+        k = np.asarray(getattr(ker, name), np.float64)                     # (E, L, P, P)
+        dev = k - k.mean(0)
+        out[name] = k.mean(0)
+        out[name + "_cov"] = width * np.einsum("elab,emcd->lmabcd", dev, dev) / (n_seeds - 1)
+    return out
+
+
+def init_relative_covariance(depth, activation):
+    """Closed-form N Cov[q^l, q^m] / (q^l q^m) of the initial kernels of one input across layers,
+    for a linear or ReLU network (homogeneous activations): ``(phi, g)``, each (L, L).
+
+    Given the layer below, the N pre-activations of layer l are independent Gaussians, so the
+    feature kernel Phi^l = <phi(h)^2> of the layer adds a relative fluctuation of variance V / N
+    to the one it inherits: V = Var[phi(h)^2] / E[phi(h)^2]^2 = 2 for linear units (chi^2) and
+    5 for ReLU (E relu^4 = 3 q^2 / 2, E relu^2 = q / 2); by homogeneity the inherited part passes
+    on unchanged. Hence N Cov[Phi^l, Phi^m] / (Phi^l Phi^m) = V min(l, m). The gradient kernels
+    accumulate the same way from the readout down: V min(L + 1 - l, L + 1 - m), with
+    V = 2 (linear: the readout weights' chi^2, then each W^T) and 5 (ReLU: phi'(h)^2 z^2 with
+    z independent of h, E[1(h>0) z^4] = 3 G^2 / 2).
+    """
+    depth = _checks.positive_int(depth, "depth")
+    _checks.choice(activation, "activation", ("linear", "relu"))
+    V = 2.0 if activation == "linear" else 5.0
+    l = np.arange(1, depth + 1)
+    phi = V * np.minimum(l[:, None], l[None, :])
+    g = V * np.minimum(depth + 1 - l[:, None], depth + 1 - l[None, :])
+    return phi, g

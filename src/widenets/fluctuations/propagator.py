@@ -1,0 +1,215 @@
+"""The propagator: leading-order N Var of the order parameters from the linear response of the
+DMFT (Bordelon & Pehlevan 2023)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _checks
+
+
+# ----------------------------------------------------------------------------- the propagator
+class MeanField(NamedTuple):
+    """The infinite-width solution a propagator linearises around: ``delta`` (T+1, P),
+    ``ntk`` (T+1, P, P), ``loss`` (T+1,)."""
+    delta: np.ndarray
+    ntk: np.ndarray
+    loss: np.ndarray
+
+
+class Propagator(NamedTuple):
+    """Leading-order fluctuations of the order parameters around the infinite-width solution.
+
+    ``delta`` (T+1, P) = N Var[Delta_mu(t)] of the centred error, ``delta_cov`` (T+1, P, P) its
+    covariance across examples, ``ntk`` (T+1, P, P) = N Var[K_mu nu(t)]; ``mean_delta`` (T+1, P)
+    and ``mean_ntk`` (T+1, P, P) the infinite-width solution it linearises around; ``params``;
+    ``delta_stderr`` (T+1, P) the Monte-Carlo standard error of ``delta`` (None when exact).
+    """
+    delta: np.ndarray
+    delta_cov: np.ndarray
+    ntk: np.ndarray
+    mean_delta: np.ndarray
+    mean_ntk: np.ndarray
+    params: dict
+    delta_stderr: np.ndarray | None = None
+
+    @property
+    def mean(self) -> MeanField:
+        """The DMFT solution it linearises around (``delta``, ``ntk``, ``loss``)."""
+        return MeanField(self.mean_delta, self.mean_ntk, 0.5 * np.mean(self.mean_delta ** 2, -1))
+
+
+def _next_error(update, y, d, K, eta, moved_output):
+    """Delta(t+1): ``"exact"`` y minus the network's centred output at t+1 (``moved_output()``,
+    discrete gradient descent); ``"euler"`` Delta(t) - (eta / P) K(t) Delta(t)."""
+    if update == "exact":
+        return y - moved_output()
+    return d - (eta / K.shape[0]) * K @ d
+
+
+def _two_layer_linear(C, Kx, y, gamma0, eta, steps, update):
+    """Delta(t) and K(t) of a two-layer linear muP network whose N neurons' sources
+    xi_i = (u_i, r_i) (u_i = W_i x / sqrt(D) ~ N(0, Kx), r_i the readout weight) have empirical
+    covariance C ((P+1, P+1); C = blockdiag(Kx, 1) at infinite width).
+
+    Every neuron's fields are linear in its sources, h_i(t) = H_t xi_i and g_i(t) = g_t . xi_i,
+    with H_{t+1} = H_t + c Kx Delta(t) g_t^T and g_{t+1} = g_t + c H_t^T Delta(t), c = gamma0
+    eta / P; so the kernels are Phi(t) = H_t C H_t^T, G(t) = g_t^T C g_t, K(t) = G(t) Kx + Phi(t)
+    and the network depends on its neurons only through C. ``update="exact"``: the network's
+    output f(t) = H_t C g_t / gamma0 (centred), Delta = y - f; ``"euler"``: Delta(t+1) =
+    Delta(t) - (eta / P) K(t) Delta(t).
+    """
+    P = Kx.shape[0]
+    c = gamma0 * eta / P
+    H0 = jnp.concatenate([jnp.eye(P, dtype=Kx.dtype), jnp.zeros((P, 1), Kx.dtype)], axis=1)
+    g0 = jnp.zeros(P + 1, Kx.dtype).at[P].set(1.0)
+    f0 = H0 @ C @ g0
+
+    def step(carry, _):
+        H, g, d = carry
+        K = (g @ C @ g) * Kx + H @ C @ H.T
+        H_next, g_next = H + c * jnp.outer(Kx @ d, g), g + c * H.T @ d
+        d_next = _next_error(update, y, d, K, eta, lambda: (H_next @ C @ g_next - f0) / gamma0)
+        return (H_next, g_next, d_next), (d, K)
+
+    _, (delta, K) = jax.lax.scan(step, (H0, g0, y), None, length=steps + 1)
+    return delta, K
+
+
+def _two_layer_weighted(w, U, R, Kx, y, gamma0, eta, steps, activation, update):
+    """Delta(t) and K(t) of a two-layer muP network whose neurons are the S samples (U_i, R_i)
+    (first-layer pre-activations at initialisation ~ N(0, Kx), readout weights ~ N(0, 1)), each
+    counted with weight w_i (averages are sum_i w_i f_i / S). With w = 1 and S = N this *is* a
+    width-N network (its neurons interact only through Delta); as S grows, the DMFT. The fields
+    follow {eq}`ch4-two-layer`: h(t+1) = h(t) + c Kx (Delta(t) * phi'(h(t)) z(t)),
+    z(t+1) = z(t) + c Delta(t) . phi(h(t)), c = gamma0 eta / P."""
+    from ..dmft import _derivatives
+    phi, dphi, _ = _derivatives(activation)
+    S, P = U.shape
+    c = gamma0 * eta / P
+    avg = lambda F: jnp.tensordot(w, F, axes=1) / S
+    f0 = avg(R[:, None] * phi(U)) / gamma0
+
+    def step(carry, _):
+        h, z, d = carry
+        F, g = phi(h), dphi(h) * z[:, None]
+        K = avg(g[:, :, None] * g[:, None, :]) * Kx + avg(F[:, :, None] * F[:, None, :])
+        h_next, z_next = h + c * (g * d[None, :]) @ Kx, z + c * F @ d
+        d_next = _next_error(update, y, d, K, eta,
+                             lambda: avg(z_next[:, None] * phi(h_next)) / gamma0 - f0)
+        return (h_next, z_next, d_next), (d, K)
+
+    _, (delta, K) = jax.lax.scan(step, (U, R, y), None, length=steps + 1)
+    return delta, K
+
+
+def _two_layer_mc(Kx, y, gamma0, eta, steps, activation, update, samples, key, dt):
+    """Two-layer nonlinear propagator by Monte Carlo: a width-N network is a function of the
+    empirical measure of its neurons, so to leading order N Cov[Delta(t)] = Cov_xi[psi(xi)] with
+    psi the influence function, psi(xi_i) = S dDelta(t)/dw_i at w = 1 (reverse mode through the
+    causal pass). Returns (cov, var_ntk, mean_delta, mean_ntk, stderr)."""
+    P = Kx.shape[0]
+    k1, k2 = jax.random.split(key)
+    lam, V = jnp.linalg.eigh(Kx)
+    U = jax.random.normal(k1, (samples, P), dt) @ (V * jnp.sqrt(jnp.clip(lam, 0.0))).T
+    R = jax.random.normal(k2, (samples,), dt)
+    run = lambda w: _two_layer_weighted(w, U, R, Kx, y, gamma0, eta, steps, activation, update)
+    ones = jnp.ones(samples, dt)
+    mean_delta, mean_ntk = run(ones)
+    psi_d, psi_K = jax.jacrev(run)(ones)                       # (T+1, P, S), (T+1, P, P, S)
+    psi_d, psi_K = samples * psi_d, samples * psi_K
+    dev_d = psi_d - psi_d.mean(-1, keepdims=True)
+    dev_K = psi_K - psi_K.mean(-1, keepdims=True)
+    cov = jnp.einsum("tms,tns->tmn", dev_d, dev_d) / (samples - 1)
+    var_ntk = jnp.sum(dev_K ** 2, axis=-1) / (samples - 1)
+    # standard error of a variance estimated from S samples: sqrt((E dev^4 - var^2) / S)
+    var_d = jnp.mean(dev_d ** 2, axis=-1)
+    stderr = jnp.sqrt(jnp.maximum(jnp.mean(dev_d ** 4, axis=-1) - var_d ** 2, 0.0) / samples)
+    return cov, var_ntk, mean_delta, mean_ntk, stderr
+
+
+def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", samples=None,
+               key=None) -> Propagator:
+    """N Var of the error and the NTK of width-N networks at leading order in 1/N: the
+    linear response of the order parameters to the fluctuations of the single-site averages.
+
+    Implemented so far: two-layer linear networks (``depth=1, activation="linear"``), exactly.
+    There the network depends on its N neurons only through the empirical covariance C of
+    their sources (see :func:`_two_layer_linear`), a Wishart matrix with
+    N Cov[C_ab, C_cd] = C_ac C_bd + C_ad C_bc, so N Cov[Delta(t)] = J_t kappa J_t^T with
+    J_t = dDelta(t)/dC (forward-mode autodiff through the causal recursion: no Hessian, no
+    inverse). ``update`` as in :func:`widenets.dmft.deep_linear`.
+
+    Two-layer nonlinear networks (``samples``, ``key``): by Monte Carlo. A width-N two-layer
+    network is a function of the empirical measure of its N neurons (they interact only
+    through Delta), so N Cov[Delta(t)] = Cov[psi] with psi the influence function of one neuron,
+    obtained on S sampled neurons by reverse-mode differentiation with respect to their weights
+    (:func:`_two_layer_mc`); ``delta_stderr`` is its Monte-Carlo error. Deeper networks are the
+    next part of issue 11 and raise a ValueError for now.
+    """
+    Kx = _checks.kernel_matrix(Kx, "Kx")
+    P = Kx.shape[0]
+    y = _checks.targets(y, P)
+    depth = _checks.positive_int(depth, "depth")
+    _checks.choice(activation, "activation", _checks.ACTIVATIONS)
+    gamma0 = _checks.nonnegative(gamma0, "gamma0", strict=True)
+    eta = _checks.nonnegative(eta, "eta")
+    steps = _checks.positive_int(steps, "steps")
+    _checks.choice(update, "update", ("exact", "euler"))
+    if depth != 1:
+        raise ValueError("propagator: only two-layer networks (depth=1) are implemented so far "
+                         f"(got depth={depth}); deep networks are in progress (issue 11)")
+    dt = jnp.float64 if _checks._x64() else jnp.float32
+    if activation != "linear" or samples is not None or key is not None:
+        if samples is None or key is None:
+            raise ValueError("the propagator of a nonlinear network is computed by Monte Carlo: "
+                             "pass samples and key (with a linear activation they select the "
+                             "Monte-Carlo route, a cross-check of the exact one)")
+        if activation == "relu":
+            raise ValueError(
+                "activation='relu' is not supported by the Monte-Carlo propagator yet: its "
+                "influence function needs phi'' = delta, which autodiff drops (measured: N Var of "
+                "the final NTK 24 against 35 for networks); use tanh or erf")
+        samples = _checks.positive_int(samples, "samples", minimum=16)
+        key = _checks.prng_key(key, "key")
+        _checks.fits(8.0 * (steps + 1) * P * P * samples * 3, "samples",
+                     f"this Monte-Carlo propagator (samples={samples}, steps={steps}, P={P})")
+        cov, var_ntk, mean_delta, mean_ntk, stderr = _two_layer_mc(
+            jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt),
+            jnp.asarray(eta, dt), steps, activation, update, samples, key, dt)
+        return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, stderr,
+                                  dict(depth=depth, activation=activation, gamma0=gamma0,
+                                       eta=eta, steps=steps, update=update, samples=samples))
+    _checks.fits(8.0 * (steps + 1) * (P + 1) ** 2 * P * P * 3, "steps",
+                 f"this propagator (steps={steps}, P={P})")
+    Kx, y = jnp.asarray(Kx, dt), jnp.asarray(y, dt)
+    C = jnp.zeros((P + 1, P + 1), dt).at[:P, :P].set(Kx).at[P, P].set(1.0)
+    run = lambda C_: _two_layer_linear(C_, Kx, y, jnp.asarray(gamma0, dt), jnp.asarray(eta, dt),
+                                       steps, update)
+    mean_delta, mean_ntk = run(C)
+    # J: derivatives with respect to the (P+1)^2 entries of C, in forward mode
+    basis = jnp.eye((P + 1) ** 2, dtype=dt).reshape(-1, P + 1, P + 1)
+    Jd, JK = jax.vmap(lambda E: jax.jvp(run, (C,), (E,))[1])(basis)      # (n, T+1, P[, P])
+    kappa = (jnp.einsum("ac,bd->abcd", C, C) + jnp.einsum("ad,bc->abcd", C, C)).reshape(
+        (P + 1) ** 2, (P + 1) ** 2)
+    cov = jnp.einsum("itm,ij,jtn->tmn", Jd, kappa, Jd)
+    var_ntk = jnp.einsum("itmn,ij,jtmn->tmn", JK, kappa, JK)
+    return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
+                              dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
+                                   steps=steps, update=update))
+
+
+def _propagator_result(cov, var_ntk, mean_delta, mean_ntk, stderr, params):
+    cov, var_ntk = np.asarray(cov, np.float64), np.asarray(var_ntk, np.float64)
+    if not all(np.all(np.isfinite(a)) for a in (cov, var_ntk, mean_delta, mean_ntk)):
+        import warnings
+        warnings.warn("the propagator is not finite: eta is probably above the stable learning "
+                      "rate, or gamma0 so large that the kernels grow without bound",
+                      RuntimeWarning, stacklevel=3)
+    return Propagator(delta=np.diagonal(cov, axis1=1, axis2=2).copy(), delta_cov=cov,
+                      ntk=var_ntk, mean_delta=np.asarray(mean_delta, np.float64),
+                      mean_ntk=np.asarray(mean_ntk, np.float64), params=params,
+                      delta_stderr=None if stderr is None else np.asarray(stderr, np.float64))
