@@ -755,3 +755,156 @@ def _coord_runner(net: MLP, steps: int):
     run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None)))
     _COORD[net, steps] = run
     return run
+
+
+# ----------------------------------------------------------------------------- online SGD
+class OnlineTrajectory(NamedTuple):
+    """Records of ``n_seeds`` networks trained by online SGD on a linear teacher (leading axis:
+    seed).
+
+    ``error`` (S, T+1): the generalisation error E_x (f(x) - y(x))^2 over x ~ N(0, I_D) before
+    step t (entry 0 at initialisation): exact, |beta - beta*|^2 / D, for a linear network;
+    estimated on ``n_test`` fixed test inputs otherwise. ``beta`` (S, T+1, D): the linear
+    network's weight vector, f(x) = beta . x / sqrt(D) (centred: beta - beta_0), or None for a
+    nonlinear one. ``params`` the final weights (leading axis S).
+    """
+    error: jax.Array
+    beta: jax.Array | None
+    params: list
+    net: MLP
+    batch_size: int | None
+
+
+def train_online(D, beta_star, *, depth, width, activation="linear", gamma0=1.0, eta, steps,
+                 batch_size, key, n_seeds=1, parameterization="mup", center=True,
+                 n_test=2048) -> OnlineTrajectory:
+    """Train ``n_seeds`` MLPs by online SGD on the linear teacher y = beta* . x / sqrt(D).
+
+    Every step draws a fresh batch of ``batch_size`` inputs x ~ N(0, I_D) and takes one
+    gradient step on ``(1/2B) sum_b (f(x_b) - y_b)^2`` with the learning rate
+    ``eta * ntk_scale`` (muP: ``eta * gamma0^2 * N``), as :func:`train_mlp` does on a fixed set.
+
+    Args:
+      D: input dimension; beta_star: the teacher (D,).
+      depth, width, activation, gamma0, parameterization: the network (see :func:`make_mlp`).
+      eta: learning rate in DMFT units. steps: number of SGD steps T (records have T+1 entries).
+      batch_size: B >= 1 fresh examples per step, or None for the population gradient (the
+        infinite-batch limit, exact for a linear network: its population loss is
+        |beta - beta*|^2 / (2D); equivalently full-batch GD on the D inputs sqrt(D) e_mu).
+      key: PRNG key or integer seed; seed s uses ``jax.random.split(key, n_seeds)[s]`` for its
+        weights, its batches and its test inputs.
+      center: train ``f(x; theta) - f(x; theta_0)`` (the infinite-width theory's f(0) = 0).
+      n_test: test inputs per seed for the error of a nonlinear network (unused when linear).
+
+    Time is a ``lax.scan`` and seeds are vmapped: no Python loop. A request that cannot fit
+    in memory is refused before anything is allocated.
+    """
+    D = _checks.positive_int(D, "D")
+    bs = _checks.real_array(beta_star, "beta_star")
+    if bs.shape != (D,):
+        raise ValueError(f"beta_star must have shape ({D},) (D={D}); got shape {bs.shape}")
+    _checks.finite(bs, "beta_star")
+    net = make_mlp(D, depth=depth, width=width, activation=activation,
+                   parameterization=parameterization, gamma0=gamma0)
+    eta = _checks.nonnegative(eta, "eta")
+    steps = _checks.positive_int(steps, "steps")
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    center = _checks.flag(center, "center")
+    key = _checks.prng_key(key, "key")
+    linear = net.activation == "linear"
+    if batch_size is not None:
+        batch_size = _checks.positive_int(batch_size, "batch_size")
+    elif not linear:
+        raise ValueError(f"batch_size must be an integer >= 1 for activation={activation!r}: the "
+                         f"population gradient (batch_size=None) is only exact for linear networks")
+    n_test = _checks.positive_int(n_test, "n_test")
+    dtype = jnp.zeros(()).dtype
+    # memory (all seeds at once): the weights (initial, current, gradient, update), the batch,
+    # the activations of the D probe inputs (a linear network: f(x) = beta . x / sqrt(D), so
+    # its batches never pass through the layers) or of a batch and the test set (nonlinear),
+    # the records
+    B = 0 if batch_size is None else batch_size
+    acts = D if linear else 2 * B + n_test
+    per_seed = (4 * n_params(net) + 8 * acts * net.width * net.depth + 2 * B * D
+                + (0 if linear else n_test * D) + 3 * (steps + 1) * (D + 1))
+    _checks.fits(n_seeds * _itemsize() * per_seed,
+                 "width or batch_size" + (" or n_seeds" if n_seeds > 1 else ""),
+                 f"online SGD of {n_seeds} network(s) of width {net.width} and depth "
+                 f"{net.depth} for {steps} steps with batches of {B}")
+    _check_scales(net, jnp.ones((1, D), dtype), eta, center)
+    run = _online_trainer(net, steps, batch_size, center, n_test)
+    keys = jax.random.split(key, n_seeds)
+    with np.errstate(over="ignore", invalid="ignore"):
+        error, beta, params = run(keys, jnp.asarray(bs, dtype),
+                                  jnp.asarray(eta * _scalings(net).ntk_scale, dtype))
+    if not bool(jnp.all(jnp.isfinite(error))):
+        import warnings
+        t_bad = int(np.argmin(np.all(np.isfinite(np.asarray(error)), axis=0)))
+        warnings.warn(f"online SGD diverged (non-finite error from step {t_bad}): eta={eta:g} is "
+                      f"probably above the stable learning rate (about D / (depth + 1) = "
+                      f"{D / (net.depth + 1):.3g} at small gamma0 for a linear network) or "
+                      f"gamma0={net.gamma0:g} too large for |beta*|; lower eta",
+                      RuntimeWarning, stacklevel=2)
+    return OnlineTrajectory(error, beta if linear else None, params, net, batch_size)
+
+
+_ONLINE: dict = {}
+
+
+def _online_trainer(net: MLP, steps: int, batch_size, center: bool, n_test: int):
+    """A jitted, vmapped (over seeds) online-SGD trainer; cached per static configuration."""
+    cache_key = (net, steps, batch_size, center, n_test)
+    if cache_key in _ONLINE:
+        return _ONLINE[cache_key]
+    D, linear = net.D, net.activation == "linear"
+
+    def one_seed(key, beta_star, lr):
+        k_init, k_data, k_test = jax.random.split(key, 3)
+        params0 = _init_params(net, k_init)
+        dtype = beta_star.dtype
+        probe = jnp.sqrt(jnp.asarray(D, dtype)) * jnp.eye(D, dtype=dtype)
+
+        def beta_of(p):      # a linear network: f(sqrt(D) e_mu) = beta_mu
+            return _apply(net, p, probe)[:, 0]
+
+        b0 = beta_of(params0) if center and linear else jnp.zeros(D, dtype)
+
+        def out(p, X):       # the (centred) output on inputs X
+            if linear:
+                return X @ (beta_of(p) - b0) / jnp.sqrt(jnp.asarray(D, dtype))
+            f = _apply(net, p, X)[:, 0]
+            return f - _apply(net, params0, X)[:, 0] if center else f
+
+        if batch_size is None:
+            def loss(p, k):
+                return 0.5 * jnp.sum((beta_of(p) - b0 - beta_star) ** 2) / D
+        else:
+            def loss(p, k):
+                X = jax.random.normal(k, (batch_size, D), dtype)
+                y = X @ beta_star / jnp.sqrt(jnp.asarray(D, dtype))
+                return 0.5 * jnp.mean((out(p, X) - y) ** 2)
+
+        if linear:
+            def record(p):
+                b = beta_of(p) - b0
+                return jnp.sum((b - beta_star) ** 2) / D, b
+        else:
+            X_test = jax.random.normal(k_test, (n_test, D), dtype)
+            y_test = X_test @ beta_star / jnp.sqrt(jnp.asarray(D, dtype))
+
+            def record(p):
+                return jnp.mean((out(p, X_test) - y_test) ** 2), jnp.zeros((0,), dtype)
+
+        def step(p, k):
+            rec = record(p)
+            grads = jax.grad(loss)(p, k)
+            return jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, grads), rec
+
+        params, (err, beta) = jax.lax.scan(step, params0, jax.random.split(k_data, steps))
+        err_end, beta_end = record(params)
+        return (jnp.concatenate([err, err_end[None]]), jnp.concatenate([beta, beta_end[None]]),
+                params)
+
+    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None)))
+    _ONLINE[cache_key] = run
+    return run

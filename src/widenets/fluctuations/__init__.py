@@ -20,6 +20,8 @@ of networks and computes it in the lazy limit; the propagator of the rich regime
 from .ensembles import (Ensemble, ensemble, init_kernel_covariance, init_ntk_covariance,
                         init_relative_covariance, lazy_delta_variance)
 from .propagator import MeanField, Propagator, propagator
+from .online import OnlineError, online_error
 
 __all__ = ["Ensemble", "ensemble", "init_kernel_covariance", "init_ntk_covariance",
-           "init_relative_covariance", "lazy_delta_variance", "MeanField", "Propagator", "propagator"]
+           "init_relative_covariance", "lazy_delta_variance", "MeanField", "Propagator", "propagator",
+           "OnlineError", "online_error"]
