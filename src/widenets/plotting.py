@@ -85,3 +85,32 @@ def loglog(ax):
     ax.set_yscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def spread_band(ax, t, samples, mean, var, width, *, sigmas=2.0, color="C0", max_lines=40,
+                label=None):
+    """Finite-width spread of a quantity around its infinite-width value (Chapter 5).
+
+    Draws up to ``max_lines`` of the ``samples`` (n, T+1) as thin lines (one per network), the
+    infinite-width ``mean`` (T+1,) in black and the band ``mean +- sigmas * sqrt(var / width)``
+    with ``var`` (T+1,) = N Var of the quantity (the propagator's prediction). Returns the
+    fraction of all sample points that lie inside the band.
+    """
+    ax = _ax(ax)
+    samples = _checks.real_array(samples, "samples").astype(float)
+    mean = _checks.real_array(mean, "mean").astype(float)
+    var = _checks.real_array(var, "var").astype(float)
+    t = _checks.real_array(t, "t").astype(float)
+    if samples.ndim != 2 or mean.shape != (samples.shape[1],) or var.shape != mean.shape \
+            or t.shape != mean.shape:
+        raise ValueError(f"samples must be (n, T+1) and t, mean, var (T+1,); got shapes "
+                         f"{samples.shape}, {t.shape}, {mean.shape}, {var.shape}")
+    width = _checks.positive_int(width, "width")
+    half = sigmas * np.sqrt(np.clip(var, 0.0, None) / width)
+    for s in samples[:max_lines]:
+        ax.plot(t, s, color=color, alpha=0.25, lw=0.8)
+    ax.fill_between(t, mean - half, mean + half, color="0.5", alpha=0.3, lw=0,
+                    label=rf"$\pm{sigmas:g}\sqrt{{\Sigma/N}}$ (propagator)")
+    ax.plot(t, mean, "k", lw=1.8, label="DMFT mean")
+    ax.plot([], [], color=color, alpha=0.6, lw=0.8, label=label or f"networks, N = {width}")
+    return float(np.mean(np.abs(samples - mean) <= half))
