@@ -116,9 +116,11 @@ def _diagnose(delta, ntk, eta, what):
 
 
 # ----------------------------------------------------------------------------- causal solver
-@partial(jax.jit, static_argnames=("depth", "steps", "responses", "update"))
-def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="euler"):
-    """One forward pass over time: returns (delta, ntk, Phi, G, Hr, Gu), all exact."""
+@partial(jax.jit, static_argnames=("depth", "steps", "responses", "update", "return_state"))
+def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="euler",
+                  return_state=False):
+    """One forward pass over time: returns (delta, ntk, Phi, G, Hr, Gu), all exact, and with
+    ``return_state`` also the final state dict (the operators A, Gr, X of every layer)."""
     P, L, T1 = Kx.shape[0], depth, steps + 1
     TP, dt = T1 * P, Kx.dtype
     c = eta / P
@@ -211,8 +213,9 @@ def _causal_solve(Kx, y, gamma0, eta, *, depth, steps, responses=True, update="e
         return out, None
 
     final, _ = jax.lax.scan(step, state0, jnp.arange(T1))
-    return (final["delta"][:T1], final["ntk"], jnp.stack(final["Phi"]), jnp.stack(final["G"]),
-            jnp.stack(final["Hr"]), jnp.stack(final["Gu"]))
+    out = (final["delta"][:T1], final["ntk"], jnp.stack(final["Phi"]), jnp.stack(final["G"]),
+           jnp.stack(final["Hr"]), jnp.stack(final["Gu"]))
+    return out + (final,) if return_state else out
 
 
 def _euler_errors(y, ntk, eta):

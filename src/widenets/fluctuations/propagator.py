@@ -132,7 +132,7 @@ def _two_layer_mc(Kx, y, gamma0, eta, steps, activation, update, samples, key, d
 
 
 def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", samples=None,
-               key=None) -> Propagator:
+               key=None, method=None) -> Propagator:
     """N Var of the error and the NTK of width-N networks at leading order in 1/N: the
     linear response of the order parameters to the fluctuations of the single-site averages.
 
@@ -147,8 +147,13 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     network is a function of the empirical measure of its N neurons (they interact only
     through Delta), so N Cov[Delta(t)] = Cov[psi] with psi the influence function of one neuron,
     obtained on S sampled neurons by reverse-mode differentiation with respect to their weights
-    (:func:`_two_layer_mc`); ``delta_stderr`` is its Monte-Carlo error. Deeper networks are the
-    next part of issue 11 and raise a ValueError for now.
+    (:func:`_two_layer_mc`); ``delta_stderr`` is its Monte-Carlo error.
+
+    Deep linear networks (``depth >= 2``, or ``method="action"`` at any depth): exactly, from
+    the Gaussian fluctuations of every layer's second moments around the DMFT,
+    N Cov = (I - K H)^{-1} K with K the single-site (Isserlis) covariance and H the Hessian
+    of the coupling between layers, applied by a terminating iteration (see
+    :mod:`widenets.fluctuations.deep`). Deep nonlinear networks raise a ValueError for now.
     """
     Kx = _checks.kernel_matrix(Kx, "Kx")
     P = Kx.shape[0]
@@ -159,10 +164,27 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     eta = _checks.nonnegative(eta, "eta")
     steps = _checks.positive_int(steps, "steps")
     _checks.choice(update, "update", ("exact", "euler"))
-    if depth != 1:
-        raise ValueError("propagator: only two-layer networks (depth=1) are implemented so far "
-                         f"(got depth={depth}); deep networks are in progress (issue 11)")
+    if method is not None:
+        _checks.choice(method, "method", ("action",))
     dt = jnp.float64 if _checks._x64() else jnp.float32
+    if depth != 1 or method == "action":
+        if activation != "linear":
+            raise ValueError(f"the propagator of deep networks (depth={depth}) is implemented for "
+                             "activation='linear' only; nonlinear deep networks are in progress "
+                             "(issue 11)")
+        if samples is not None or key is not None:
+            raise ValueError("samples and key are for the Monte-Carlo propagator of two-layer "
+                             "nonlinear networks; the deep linear propagator is exact")
+        n = 2 * (steps + 1) * (P + 1)
+        _checks.fits(8.0 * depth * n * n * ((steps + 1) * (P + P * P) + 8), "steps",
+                     f"this deep linear propagator (depth={depth}, steps={steps}, P={P})")
+        from .deep import deep_linear_propagator
+        cov, var_ntk, mean_delta, mean_ntk = deep_linear_propagator(
+            jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt),
+            jnp.asarray(eta, dt), depth, steps, update)
+        return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
+                                  dict(depth=depth, activation=activation, gamma0=gamma0,
+                                       eta=eta, steps=steps, update=update, method="action"))
     if activation != "linear" or samples is not None or key is not None:
         if samples is None or key is None:
             raise ValueError("the propagator of a nonlinear network is computed by Monte Carlo: "
