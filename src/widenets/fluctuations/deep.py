@@ -106,8 +106,12 @@ def _coupling(Kx, y, gamma0, eta, L, T1, update):
     return V, delta, ntk
 
 
-@partial(jax.jit, static_argnames=("L", "steps", "update", "max_iter"))
-def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter):
+@partial(jax.jit, static_argnames=("L", "steps", "update", "max_iter", "first"))
+def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter, first=0):
+    """N Cov[Delta(t)] (T1 - first, P, P) and N Var[K(t)] for t = first..steps, with the horizon
+    ``steps`` (the propagator up to t does not depend on the horizon, so the outputs of late
+    times need the whole problem and those of early times a smaller one), the infinite-width
+    errors and NTK, and the largest number of sweeps."""
     from ..dmft import _causal_solve
     T1, P = steps + 1, Kx.shape[0]
     mean_delta, mean_ntk, Phi, G, Hr, Gu, state = _causal_solve(
@@ -116,37 +120,49 @@ def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter):
     V, delta, ntk = _coupling(Kx, y, gamma0, eta, L, T1, update)
     Kop = lambda Z: C @ (Z + jnp.swapaxes(Z, -1, -2)) @ C
     _, Hop = jax.linearize(jax.grad(V), C)
-    # the outputs' gradients: Delta_mu(t) and K_mu nu(t)
-    wd = jax.jacrev(delta)(C).reshape(T1 * P, *C.shape)
-    wk = jax.jacrev(ntk)(C).reshape(T1 * P * P, *C.shape)
+    # the outputs' gradients: Delta_mu(t) and K_mu nu(t) for t >= first
+    n_t = T1 - first
+    wd = jax.jacrev(lambda Y: delta(Y)[first:])(C).reshape(n_t * P, *C.shape)
+    wk = jax.jacrev(lambda Y: ntk(Y)[first:])(C).reshape(n_t * P * P, *C.shape)
     w = jnp.concatenate([wd, wk])
 
-    def solve(w1):
+    def solve(w1):    # z <- w + H K z until it no longer changes (H K is nilpotent)
         scale = jnp.max(jnp.abs(w1)) + 1e-300
 
         def body(s):
             z, _, k = s
             z_new = w1 + Hop(Kop(z))
             return z_new, jnp.max(jnp.abs(z_new - z)) / scale, k + 1
-        z, change, k = jax.lax.while_loop(lambda s: (s[1] > 1e-15) & (s[2] < max_iter), body,
-                                          (w1, jnp.asarray(1.0, C.dtype), 0))
+        z, _, k = jax.lax.while_loop(lambda s: (s[1] > 1e-15) & (s[2] < max_iter), body,
+                                     (w1, jnp.asarray(1.0, C.dtype), 0))
         return z, k
     z, iters = jax.lax.map(solve, w)
+    iters = jnp.max(iters)
     Kw = jax.vmap(Kop)(w)
-    zd, Kwd = z[:T1 * P].reshape(T1, P, -1), Kw[:T1 * P].reshape(T1, P, -1)
+    zd, Kwd = z[:n_t * P].reshape(n_t, P, -1), Kw[:n_t * P].reshape(n_t, P, -1)
     cov = jnp.einsum("tma,tna->tmn", zd, Kwd)
-    var_ntk = jnp.sum(z[T1 * P:] * Kw[T1 * P:], axis=(1, 2, 3)).reshape(T1, P, P)
-    return cov, var_ntk, mean_delta, mean_ntk, jnp.max(iters)
+    var_ntk = jnp.sum(z[n_t * P:] * Kw[n_t * P:], axis=(1, 2, 3)).reshape(n_t, P, P)
+    return cov, var_ntk, mean_delta, mean_ntk, iters
 
 
-def deep_linear_propagator(Kx, y, gamma0, eta, depth, steps, update):
+def deep_linear_propagator(Kx, y, gamma0, eta, depth, steps, update, buckets=None):
     """(cov (T1, P, P), var_ntk (T1, P, P), mean_delta, mean_ntk) of a depth-L linear network;
-    inputs already validated and cast."""
-    max_iter = 4 * (steps + 1) + 8 * depth + 32
-    cov, var_ntk, mean_delta, mean_ntk, iters = _deep_linear_solve(
-        Kx, y, gamma0, eta, L=depth, steps=steps, update=update, max_iter=max_iter)
-    if int(iters) >= max_iter:
-        warnings.warn(f"the deep linear propagator did not terminate in {max_iter} sweeps "
-                      "(it must for a causal system): the result is not exact",
-                      RuntimeWarning, stacklevel=3)
-    return cov, var_ntk, mean_delta, mean_ntk
+    inputs already validated and cast. The times are split into ``buckets`` (default: about
+    one per 10 steps, at most 4), each solved with its own horizon: the cost of an output at
+    time t grows like t^4 (the sweeps ~ t, the matrices ~ t^3)."""
+    buckets = min(4, max(1, (steps + 1) // 10)) if buckets is None else buckets
+    edges = np.unique(np.round(np.linspace(0, steps + 1, buckets + 1)).astype(int))
+    covs, ntks, worst = [], [], 0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        horizon = int(hi) - 1
+        max_iter = 4 * (horizon + 1) + 8 * depth + 32
+        cov, var_ntk, mean_delta, mean_ntk, iters = _deep_linear_solve(
+            Kx, y, gamma0, eta, L=depth, steps=horizon, update=update, max_iter=max_iter,
+            first=int(lo))
+        covs.append(cov)
+        ntks.append(var_ntk)
+        if int(iters) >= max_iter:
+            warnings.warn(f"the deep linear propagator did not terminate in {max_iter} sweeps "
+                          "(it must for a causal system): the result is not exact",
+                          RuntimeWarning, stacklevel=3)
+    return jnp.concatenate(covs), jnp.concatenate(ntks), mean_delta, mean_ntk
