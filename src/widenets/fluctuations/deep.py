@@ -106,8 +106,9 @@ def _coupling(Kx, y, gamma0, eta, L, T1, update):
     return V, delta, ntk
 
 
-@partial(jax.jit, static_argnames=("L", "steps", "update", "max_iter", "first"))
-def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter, first=0):
+@partial(jax.jit, static_argnames=("L", "steps", "update", "max_iter", "first", "kernels"))
+def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter, first=0,
+                       kernels=False):
     """N Cov[Delta(t)] (T1 - first, P, P) and N Var[K(t)] for t = first..steps, with the horizon
     ``steps`` (the propagator up to t does not depend on the horizon, so the outputs of late
     times need the whole problem and those of early times a smaller one), the infinite-width
@@ -124,7 +125,14 @@ def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter, first=
     n_t = T1 - first
     wd = jax.jacrev(lambda Y: delta(Y)[first:])(C).reshape(n_t * P, *C.shape)
     wk = jax.jacrev(lambda Y: ntk(Y)[first:])(C).reshape(n_t * P * P, *C.shape)
-    w = jnp.concatenate([wd, wk])
+    w = [wd, wk]
+    TP, eqt = T1 * P, jnp.arange(first, T1)
+    if kernels:       # every layer's Phi^l_mu nu(t, t) and G^l(t, t)
+        kern = lambda Y: jnp.concatenate([
+            Y[:, :TP, :TP].reshape(L, T1, P, T1, P)[:, eqt, :, eqt, :].reshape(-1),
+            Y[:, TP:TP + T1, TP:TP + T1][:, eqt, eqt].reshape(-1)])
+        w.append(jax.jacrev(kern)(C).reshape(-1, *C.shape))
+    w = jnp.concatenate(w)
 
     def solve(w1):    # z <- w + H K z until it no longer changes (H K is nilpotent)
         scale = jnp.max(jnp.abs(w1)) + 1e-300
@@ -141,28 +149,47 @@ def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter, first=
     Kw = jax.vmap(Kop)(w)
     zd, Kwd = z[:n_t * P].reshape(n_t, P, -1), Kw[:n_t * P].reshape(n_t, P, -1)
     cov = jnp.einsum("tma,tna->tmn", zd, Kwd)
-    var_ntk = jnp.sum(z[n_t * P:] * Kw[n_t * P:], axis=(1, 2, 3)).reshape(n_t, P, P)
-    return cov, var_ntk, mean_delta, mean_ntk, iters
+    var = jnp.sum(z[n_t * P:] * Kw[n_t * P:], axis=(1, 2, 3))
+    var_ntk = var[:n_t * P * P].reshape(n_t, P, P)
+    extra = None
+    if kernels:
+        rest = var[n_t * P * P:]
+        # (the eqt-indexing above puts time first: (n_t, L, P, P) and (n_t, L) -> layer first)
+        extra = (jnp.moveaxis(rest[:L * n_t * P * P].reshape(n_t, L, P, P), 0, 1),
+                 rest[L * n_t * P * P:].reshape(L, n_t), Phi, G)
+    return cov, var_ntk, mean_delta, mean_ntk, iters, extra
 
 
-def deep_linear_propagator(Kx, y, gamma0, eta, depth, steps, update, buckets=None):
+def deep_linear_propagator(Kx, y, gamma0, eta, depth, steps, update, buckets=None,
+                           kernels=False):
     """(cov (T1, P, P), var_ntk (T1, P, P), mean_delta, mean_ntk) of a depth-L linear network;
     inputs already validated and cast. The times are split into ``buckets`` (default: about
     one per 10 steps, at most 4), each solved with its own horizon: the cost of an output at
     time t grows like t^4 (the sweeps ~ t, the matrices ~ t^3)."""
     buckets = min(4, max(1, (steps + 1) // 10)) if buckets is None else buckets
     edges = np.unique(np.round(np.linspace(0, steps + 1, buckets + 1)).astype(int))
-    covs, ntks, worst = [], [], 0
+    covs, ntks, phis, gs = [], [], [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         horizon = int(hi) - 1
         max_iter = 4 * (horizon + 1) + 8 * depth + 32
-        cov, var_ntk, mean_delta, mean_ntk, iters = _deep_linear_solve(
+        cov, var_ntk, mean_delta, mean_ntk, iters, extra = _deep_linear_solve(
             Kx, y, gamma0, eta, L=depth, steps=horizon, update=update, max_iter=max_iter,
-            first=int(lo))
+            first=int(lo), kernels=kernels)
         covs.append(cov)
         ntks.append(var_ntk)
+        if kernels:
+            phis.append(extra[0])
+            gs.append(extra[1])
+            Phi, G = extra[2], extra[3]
         if int(iters) >= max_iter:
             warnings.warn(f"the deep linear propagator did not terminate in {max_iter} sweeps "
                           "(it must for a causal system): the result is not exact",
                           RuntimeWarning, stacklevel=3)
-    return jnp.concatenate(covs), jnp.concatenate(ntks), mean_delta, mean_ntk
+    out = (jnp.concatenate(covs), jnp.concatenate(ntks), mean_delta, mean_ntk)
+    if not kernels:
+        return out + (None,)
+    T1, P = steps + 1, Kx.shape[0]
+    eqt = jnp.arange(T1)
+    means = (Phi.reshape(depth, T1, P, T1, P)[:, eqt, :, eqt, :].transpose(1, 0, 2, 3),
+             G[:, eqt, eqt])
+    return out + ((jnp.concatenate(phis, axis=1), jnp.concatenate(gs, axis=1)) + means,)

@@ -18,6 +18,8 @@ class Ensemble(NamedTuple):
     N Var[K_mu nu(t)] at ``times``; ``*_stderr`` the standard errors of the N Var estimates
     (a variance from E members has relative error sqrt(2 / (E - 1)) for Gaussian fluctuations);
     ``bias_delta`` (T+1, P) = <Delta> - Delta_inf when a DMFT solution was given, else None.
+    Every layer's kernels at ``times``: ``mean_phi``, ``phi`` = N Var[Phi^l_mu nu] and
+    ``mean_g``, ``g`` = N Var[G^l_mu nu], each (L, n_rec, P, P).
     """
     mean_delta: np.ndarray
     delta: np.ndarray
@@ -29,6 +31,10 @@ class Ensemble(NamedTuple):
     times: np.ndarray
     bias_delta: np.ndarray | None
     params: dict
+    mean_phi: np.ndarray | None = None
+    phi: np.ndarray | None = None
+    mean_g: np.ndarray | None = None
+    g: np.ndarray | None = None
 
 
 def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key,
@@ -58,7 +64,11 @@ def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key
             raise ValueError(f"solution.delta must have shape {var_delta.shape} (steps + 1, P); "
                              f"got {ref.shape}")
         bias = delta.mean(0) - ref
-    return Ensemble(mean_delta=delta.mean(0), delta=var_delta, delta_stderr=rel * var_delta,
+    phi = np.asarray(tr.phi, np.float64)                                  # (E, L, n_rec, P, P)
+    g = np.asarray(tr.g, np.float64)
+    return Ensemble(mean_phi=phi.mean(0), phi=N * phi.var(0, ddof=1), mean_g=g.mean(0),
+                    g=N * g.var(0, ddof=1),
+                    mean_delta=delta.mean(0), delta=var_delta, delta_stderr=rel * var_delta,
                     delta_cov=cov, mean_ntk=ntk.mean(0), ntk=var_ntk, ntk_stderr=rel * var_ntk,
                     times=np.asarray(tr.times), bias_delta=bias,
                     params=dict(depth=depth, width=width, activation=activation, gamma0=gamma0,

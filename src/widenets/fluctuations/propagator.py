@@ -27,6 +27,9 @@ class Propagator(NamedTuple):
     covariance across examples, ``ntk`` (T+1, P, P) = N Var[K_mu nu(t)]; ``mean_delta`` (T+1, P)
     and ``mean_ntk`` (T+1, P, P) the infinite-width solution it linearises around; ``params``;
     ``delta_stderr`` (T+1, P) the Monte-Carlo standard error of ``delta`` (None when exact).
+    With ``kernels=True`` (deep linear networks): ``phi`` (L, T+1, P, P) = N Var[Phi^l_mu nu(t, t)]
+    and ``g`` (L, T+1) = N Var[G^l(t, t)] of every layer, and their means ``mean_phi``,
+    ``mean_g``; otherwise None.
     """
     delta: np.ndarray
     delta_cov: np.ndarray
@@ -35,6 +38,10 @@ class Propagator(NamedTuple):
     mean_ntk: np.ndarray
     params: dict
     delta_stderr: np.ndarray | None = None
+    phi: np.ndarray | None = None
+    g: np.ndarray | None = None
+    mean_phi: np.ndarray | None = None
+    mean_g: np.ndarray | None = None
 
     @property
     def mean(self) -> MeanField:
@@ -132,7 +139,7 @@ def _two_layer_mc(Kx, y, gamma0, eta, steps, activation, update, samples, key, d
 
 
 def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", samples=None,
-               key=None, method=None) -> Propagator:
+               key=None, method=None, kernels=False) -> Propagator:
     """N Var of the error and the NTK of width-N networks at leading order in 1/N: the
     linear response of the order parameters to the fluctuations of the single-site averages.
 
@@ -176,15 +183,24 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
             raise ValueError("samples and key are for the Monte-Carlo propagator of two-layer "
                              "nonlinear networks; the deep linear propagator is exact")
         n = 2 * (steps + 1) * (P + 1)
-        _checks.fits(8.0 * depth * n * n * ((steps + 1) * (P + P * P) + 8), "steps",
+        outputs = (steps + 1) * (P + P * P + (depth * (P * P + 1) if kernels else 0))
+        _checks.fits(8.0 * depth * n * n * (outputs + 8), "steps",
                      f"this deep linear propagator (depth={depth}, steps={steps}, P={P})")
         from .deep import deep_linear_propagator
-        cov, var_ntk, mean_delta, mean_ntk = deep_linear_propagator(
+        cov, var_ntk, mean_delta, mean_ntk, kern = deep_linear_propagator(
             jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt),
-            jnp.asarray(eta, dt), depth, steps, update)
-        return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
-                                  dict(depth=depth, activation=activation, gamma0=gamma0,
-                                       eta=eta, steps=steps, update=update, method="action"))
+            jnp.asarray(eta, dt), depth, steps, update,
+            kernels=_checks.flag(kernels, "kernels"))
+        res = _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
+                                 dict(depth=depth, activation=activation, gamma0=gamma0,
+                                      eta=eta, steps=steps, update=update, method="action"))
+        if kern is not None:
+            res = res._replace(**{k: np.asarray(v, np.float64) for k, v in
+                                  zip(("phi", "g", "mean_phi", "mean_g"), kern)})
+        return res
+    if kernels:
+        raise ValueError("kernels=True (every layer's kernel variances) is available for the "
+                         "deep linear propagator: pass method='action' for a two-layer network")
     if activation != "linear" or samples is not None or key is not None:
         if samples is None or key is None:
             raise ValueError("the propagator of a nonlinear network is computed by Monte Carlo: "
