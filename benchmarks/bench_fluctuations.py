@@ -16,8 +16,10 @@ gradient descent):
   its answer must equal ours to round-off.
 * two-layer tanh, P = 1, T = 100, S = 4000: the Monte-Carlo propagator (influence function by
   reverse mode); target < 10 s.
-* the deep linear propagator (depth 4, T = 30 target < 3 s; T = 300 < 60 s) is not on main yet
-  (see issue 11's notes); it is reported as missing.
+* deep linear, depth 4, one example: ``propagator(depth=4)`` (the terminating iteration of
+  :mod:`widenets.fluctuations.deep`) against the dense action Hessian of tests/_dense_reference.py
+  (the whole Hessian of the coupling and one dense solve) at T = 4..10, where that fits, with
+  its growth exponent; ours alone at T = 30 (target < 3 s) and 60.
 
 Each measurement is printed as one JSON line and written to benchmarks/results/fluctuations.jsonl.
 """
@@ -39,6 +41,11 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import widenets as wn  # noqa: E402
 from _timing import time_it  # noqa: E402
+
+import sys  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+from _dense_reference import dense_propagator as dense_deep  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -143,8 +150,36 @@ def main():
     t_mc, res = time_it(run, 3)
     record(out, case="two-layer tanh Monte Carlo", T=T, samples=S, ours_s=round(t_mc, 3),
            ours_first_call_s=round(first, 2), target_s=10, peak=float(res.max()))
-    record(out, case="deep linear (depth 4)", status="not on main yet: propagator(depth>=2) "
-           "raises ValueError (issue 11)")
+    # deep linear, depth 4, one example: ours against the dense action Hessian where it fits
+    depth, eta_d = 4, 0.05
+    T_dense = [4, 6] if args.quick else [4, 6, 8, 10]
+    T_ours = [4, 6] if args.quick else [4, 6, 8, 10, 30, 60]
+    dense_times = {}
+    for T in T_ours:
+        run = lambda: wn.fluctuations.propagator(Kx, y, depth=depth, activation="linear",
+                                                 gamma0=gamma0, eta=eta_d, steps=T).delta
+        t0 = time.perf_counter()
+        run()
+        first = time.perf_counter() - t0
+        t_ours, ours = time_it(run, 1 if T > 30 else 3)
+        row = dict(case="deep linear, depth 4", T=T, ours_s=round(t_ours, 3),
+                   ours_first_call_s=round(first, 2), peak=float(ours.max()))
+        if T in T_dense:
+            run_d = lambda: dense_deep(Kx, y, gamma0, eta_d, depth, T)[0]
+            run_d()                                                        # compile
+            t_dense, dense = time_it(run_d, 1)
+            dense_times[T] = t_dense
+            row.update(dense_s=round(t_dense, 3), ratio=round(t_dense / t_ours, 2),
+                       max_abs_diff=float(np.max(np.abs(dense - np.asarray(ours)))))
+        if T == 30:
+            row["target_s"] = 3
+        record(out, **row)
+    if len(dense_times) >= 2:
+        Ts = np.array(sorted(dense_times))
+        slope = np.polyfit(np.log(Ts + 1), np.log([dense_times[t] for t in Ts]), 1)[0]
+        record(out, case="dense action Hessian, depth 4: growth", exponent=round(float(slope), 2),
+               note="time ~ (T+1)^exponent; the dense matrices have (L (2 (T+1) (P+1))^2)^2 "
+                    "entries: 30 GB at T = 30 (the authors' leaner route: 229 s at T = 30)")
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "fluctuations.jsonl", "w") as fh:
         for r in out:

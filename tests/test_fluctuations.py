@@ -364,3 +364,19 @@ def test_deep_linear_propagator_is_causal():
         b = fl.propagator(Kx[:2, :2], y[:2], steps=12, **kw)
         np.testing.assert_allclose(b.delta_cov[:7], a.delta_cov, atol=1e-12 * a.delta.max())
         np.testing.assert_allclose(b.ntk[:7], a.ntk, atol=1e-12 * a.ntk.max())
+
+
+@pytest.mark.parametrize("depth, update", [(2, "exact"), (3, "euler")])
+def test_deep_linear_propagator_equals_the_dense_action_hessian(depth, update):
+    """The terminating iteration (with its time buckets) against the dense route (the whole
+    Hessian of the coupling and one dense solve, tests/_dense_reference.py): P = 2, T = 4, to
+    round-off, errors and NTK."""
+    from _dense_reference import dense_propagator
+    with enable_x64():
+        _, Kx, y = _linear_task()
+        Kx, y = Kx[:2, :2], y[:2]
+        kw = dict(gamma0=1.5, eta=0.2, steps=4)
+        pr = fl.propagator(Kx, y, depth=depth, activation="linear", update=update, **kw)
+        var_d, var_k = dense_propagator(Kx, y, depth=depth, update=update, **kw)
+        np.testing.assert_allclose(pr.delta, var_d, atol=1e-11 * var_d.max())
+        np.testing.assert_allclose(pr.ntk, var_k, atol=1e-11 * var_k.max())
