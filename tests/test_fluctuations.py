@@ -380,3 +380,22 @@ def test_deep_linear_propagator_equals_the_dense_action_hessian(depth, update):
         var_d, var_k = dense_propagator(Kx, y, depth=depth, update=update, **kw)
         np.testing.assert_allclose(pr.delta, var_d, atol=1e-11 * var_d.max())
         np.testing.assert_allclose(pr.ntk, var_k, atol=1e-11 * var_k.max())
+
+
+def test_a_fixed_key_reproduces_the_monte_carlo_propagator():
+    """The same key gives the same Monte-Carlo propagator bit for bit (and the same ensemble);
+    another key a different draw within its stated error."""
+    task, _, _ = _linear_task()
+    Kx, y = wn.data.input_kernel(task.X), task.y
+    kw = dict(depth=1, activation="tanh", gamma0=1.0, eta=0.5, steps=10, samples=500)
+    a, b = (fl.propagator(Kx, y, key=7, **kw) for _ in range(2))
+    c = fl.propagator(Kx, y, key=8, **kw)
+    np.testing.assert_array_equal(a.delta, b.delta)
+    np.testing.assert_array_equal(a.ntk, b.ntk)
+    assert not np.array_equal(a.delta, c.delta)
+    peak = int(np.argmax(a.delta.sum(1)))
+    se = np.hypot(a.delta_stderr[peak], c.delta_stderr[peak])
+    assert np.all(np.abs(a.delta[peak] - c.delta[peak]) < 4 * se)
+    e1, e2 = (fl.ensemble(task.X, task.y, depth=1, width=32, activation="tanh", n_seeds=8, key=3,
+                          gamma0=1.0, eta=0.5, steps=5) for _ in range(2))
+    np.testing.assert_array_equal(e1.delta, e2.delta)
