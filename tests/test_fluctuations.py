@@ -399,3 +399,24 @@ def test_a_fixed_key_reproduces_the_monte_carlo_propagator():
     e1, e2 = (fl.ensemble(task.X, task.y, depth=1, width=32, activation="tanh", n_seeds=8, key=3,
                           gamma0=1.0, eta=0.5, steps=5) for _ in range(2))
     np.testing.assert_array_equal(e1.delta, e2.delta)
+
+
+def test_ensemble_in_batches_pools_all_networks():
+    """batch_size splits the ensemble into batches (memory) and pools every network: 10 networks
+    in batches of 4 (4 + 4 + 2) give the statistics of those 10 trajectories, which equal the
+    three batches' trajectories trained separately with the documented keys."""
+    task, _, _ = _linear_task()
+    kw = dict(depth=2, width=16, activation="tanh", gamma0=1.0, eta=0.5, steps=4,
+              record_every=2)
+    ens = fl.ensemble(task.X, task.y, n_seeds=10, key=3, batch_size=4, **kw)
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    runs = [wn.nets.train_mlp(task.X, task.y, key=k, n_seeds=b, center=True,
+                              **{k2: v for k2, v in kw.items()})
+            for k, b in zip(keys, (4, 4, 2))]
+    delta = np.concatenate([np.asarray(r.delta, np.float64) for r in runs])
+    phi = np.concatenate([np.asarray(r.phi, np.float64) for r in runs])
+    np.testing.assert_allclose(ens.mean_delta, delta.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(ens.delta, 16 * delta.var(0, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(ens.phi, 16 * phi.var(0, ddof=1), rtol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        fl.ensemble(task.X, task.y, n_seeds=10, key=3, batch_size=0, **kw)

@@ -38,19 +38,32 @@ class Ensemble(NamedTuple):
 
 
 def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key,
-             parameterization="mup", solution=None, record_every=None) -> Ensemble:
+             parameterization="mup", solution=None, record_every=None,
+             batch_size=None) -> Ensemble:
     """N Var of the error and the NTK over ``n_seeds`` centred networks of width N, trained by
     full-batch gradient descent with :func:`widenets.nets.train_mlp` (same arguments). With
     ``solution`` (a DMFT solution with ``delta`` of shape (T+1, P)) also the bias
-    <Delta> - Delta_inf."""
+    <Delta> - Delta_inf. ``batch_size``: train the networks in batches of this many (keys
+    ``jax.random.split(key, n_batches)``; only the batches' records are kept), for ensembles
+    whose weights do not fit in memory at once; the statistics are those of all n_seeds."""
     from .. import nets
     n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=3)
     width = _checks.positive_int(width, "width")
-    tr = nets.train_mlp(X, y, depth=depth, width=width, activation=activation, gamma0=gamma0,
-                        eta=eta, steps=steps, key=key, parameterization=parameterization,
-                        n_seeds=n_seeds, center=True, record_every=record_every)
-    delta = np.asarray(tr.delta, np.float64)                              # (E, T+1, P)
-    ntk = np.asarray(tr.ntk, np.float64)                                  # (E, n_rec, P, P)
+    batch_size = n_seeds if batch_size is None else _checks.positive_int(batch_size, "batch_size")
+    kw = dict(depth=depth, width=width, activation=activation, gamma0=gamma0, eta=eta,
+              steps=steps, parameterization=parameterization, center=True,
+              record_every=record_every)
+    if batch_size >= n_seeds:
+        runs = [nets.train_mlp(X, y, key=key, n_seeds=n_seeds, **kw)]
+    else:
+        sizes = [batch_size] * (n_seeds // batch_size) + ([n_seeds % batch_size]
+                                                           if n_seeds % batch_size else [])
+        keys = jax.random.split(_checks.prng_key(key, "key"), len(sizes))
+        runs = [nets.train_mlp(X, y, key=k, n_seeds=int(b), **kw) for k, b in zip(keys, sizes)]
+    stack = lambda name: np.concatenate([np.asarray(getattr(r, name), np.float64) for r in runs])
+    tr = runs[0]
+    delta = stack("delta")                                                # (E, T+1, P)
+    ntk = stack("ntk")                                                    # (E, n_rec, P, P)
     E, N = n_seeds, width
     rel = np.sqrt(2.0 / (E - 1))
     dev = delta - delta.mean(0)
@@ -64,8 +77,7 @@ def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key
             raise ValueError(f"solution.delta must have shape {var_delta.shape} (steps + 1, P); "
                              f"got {ref.shape}")
         bias = delta.mean(0) - ref
-    phi = np.asarray(tr.phi, np.float64)                                  # (E, L, n_rec, P, P)
-    g = np.asarray(tr.g, np.float64)
+    phi, g = stack("phi"), stack("g")                                     # (E, L, n_rec, P, P)
     return Ensemble(mean_phi=phi.mean(0), phi=N * phi.var(0, ddof=1), mean_g=g.mean(0),
                     g=N * g.var(0, ddof=1),
                     mean_delta=delta.mean(0), delta=var_delta, delta_stderr=rel * var_delta,
