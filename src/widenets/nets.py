@@ -72,8 +72,13 @@ def make_mlp(D, *, depth, width, activation="relu", parameterization="mup", gamm
                                               PARAMETERIZATIONS),
               gamma0=_checks.nonnegative(gamma0, "gamma0", strict=True),
               n_out=_checks.positive_int(n_out, "n_out"))
+    return _finite_table(net, _scalings)
+
+
+def _finite_table(net, scalings):
+    """``net``, after checking that its multipliers and learning-rate scale are finite."""
     try:
-        sc = _scalings(net)
+        sc = scalings(net)
         ok = all(np.isfinite(v) and v > 0 for v in sc.multiplier + (sc.ntk_scale,))
     except (OverflowError, ZeroDivisionError):
         ok = False
@@ -194,9 +199,16 @@ def scalings(net: MLP) -> Scalings:
 
 
 def _scalings(net: MLP) -> Scalings:
-    N, L, g0 = net.width, net.depth, net.gamma0
-    fan_in = (net.D,) + (N,) * L
-    p = net.parameterization
+    return _table(net.parameterization, (net.D,) + (net.width,) * net.depth, net.width,
+                  net.gamma0)
+
+
+def _table(parameterization: str, fan_in: tuple, N: int, g0: float) -> Scalings:
+    """The multiplier table of the module docstring for layers of fan-ins ``fan_in`` (the last
+    entry the readout's, N); shared by the MLP and the CNN (whose convolutions have fan-in
+    k^2 C)."""
+    L = len(fan_in) - 1
+    p = parameterization
     if p == "mup":
         mult = tuple(1 / np.sqrt(n) for n in fan_in[:-1]) + (1 / (g0 * N),)
         std = (1.0,) * (L + 1)
@@ -209,7 +221,7 @@ def _scalings(net: MLP) -> Scalings:
         mult = (1.0,) * L + (1 / g0,)
         std = tuple(1 / np.sqrt(n) for n in fan_in)
         ntk_scale = g0 ** 2
-    return Scalings(fan_in, tuple(float(m) for m in mult), tuple(float(s) for s in std),
+    return Scalings(tuple(fan_in), tuple(float(m) for m in mult), tuple(float(s) for s in std),
                     float(ntk_scale))
 
 
@@ -252,12 +264,15 @@ def init_params(net: MLP, key) -> list:
     return _init_params(net, key)
 
 
-def _init_params(net: MLP, key) -> list:
-    sc = _scalings(net)
-    shapes = _param_shapes(net)
+def _gaussian_layers(shapes, init_std, key) -> list:
+    """One N(0, init_std^2) array per layer, one key each (float64 when x64 is enabled)."""
     keys = jax.random.split(key, len(shapes))
-    dtype = jnp.zeros(()).dtype  # float64 when x64 is enabled
-    return [s * jax.random.normal(k, shp, dtype) for k, shp, s in zip(keys, shapes, sc.init_std)]
+    dtype = jnp.zeros(()).dtype
+    return [s * jax.random.normal(k, shp, dtype) for k, shp, s in zip(keys, shapes, init_std)]
+
+
+def _init_params(net: MLP, key) -> list:
+    return _gaussian_layers(_param_shapes(net), _scalings(net).init_std, key)
 
 
 def forward(net: MLP, params, X, eps=None):
@@ -426,6 +441,19 @@ class Trajectory(NamedTuple):
     net: MLP
 
 
+def _run_args(eta, steps, n_seeds, record_every, center, key):
+    """The training arguments shared by :func:`train_mlp` and :func:`train_cnn`, validated."""
+    eta = _checks.nonnegative(eta, "eta")
+    steps = _checks.positive_int(steps, "steps")
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    record_every = steps if record_every is None else _checks.positive_int(record_every,
+                                                                           "record_every")
+    if steps % record_every:
+        raise ValueError(f"record_every must divide steps={steps}; got {record_every}")
+    return eta, steps, n_seeds, record_every, _checks.flag(center, "center"), \
+        _checks.prng_key(key, "key")
+
+
 def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, key,
               parameterization="mup", n_seeds=1, record_every=None, X_test=None,
               center=False) -> Trajectory:
@@ -453,15 +481,8 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
     y = jnp.asarray(_checks.targets(y, X.shape[0], "y"), X.dtype)
     net = make_mlp(X.shape[1], depth=depth, width=width, activation=activation,
                    parameterization=parameterization, gamma0=gamma0)
-    eta = _checks.nonnegative(eta, "eta")
-    steps = _checks.positive_int(steps, "steps")
-    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
-    record_every = steps if record_every is None else _checks.positive_int(record_every,
-                                                                           "record_every")
-    if steps % record_every:
-        raise ValueError(f"record_every must divide steps={steps}; got {record_every}")
-    center = _checks.flag(center, "center")
-    key = _checks.prng_key(key, "key")
+    eta, steps, n_seeds, record_every, center, key = _run_args(eta, steps, n_seeds, record_every,
+                                                              center, key)
     if X_test is not None:
         X_test = jnp.asarray(_checks.inputs(X_test, "X_test"), X.dtype)
         if X_test.shape[1] != X.shape[1]:
@@ -732,20 +753,29 @@ def coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", g
 _COORD: dict = {}
 
 
-def _coord_runner(net: MLP, steps: int):
+def _coord_runner(net, steps: int):
+    """The jitted, seed-vmapped coordinate check of an MLP or a CNN (the same steps for both)."""
     if (net, steps) in _COORD:
         return _COORD[net, steps]
+    if isinstance(net, CNN):
+        init = lambda key: _cnn_init_params(net, jax.random.split(key)[0])  # seed s of train_cnn
+        forward = lambda p, X: (lambda r: (r[0], r[2]))(_cnn_forward(net, p, X))
+        output = lambda p, X: _cnn_apply(net, p, X)
+    else:
+        init = lambda key: _init_params(net, key)
+        forward = lambda p, X: _forward(net, p, X)
+        output = lambda p, X: _apply(net, p, X)[:, 0]
 
     def one_seed(key, X, y, lr):
-        params = _init_params(net, key)
-        hs0, f0 = _forward(net, params, X)
+        params = init(key)
+        hs0, f0 = forward(params, X)
 
         def loss_fn(p):
-            return 0.5 * jnp.mean((_apply(net, p, X)[:, 0] - y) ** 2)
+            return 0.5 * jnp.mean((output(p, X) - y) ** 2)
 
         def step(p, _):
             p = jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, jax.grad(loss_fn)(p))
-            hs, f = _forward(net, p, X)
+            hs, f = forward(p, X)
             dh = jnp.stack([jnp.mean((h - h0) ** 2) for h, h0 in zip(hs, hs0)])
             return p, (dh, jnp.mean((f - f0) ** 2))
 
@@ -908,3 +938,502 @@ def _online_trainer(net: MLP, steps: int, batch_size, center: bool, n_test: int)
     run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None)))
     _ONLINE[cache_key] = run
     return run
+
+
+# ============================================================================= CNN
+# Convolutional networks: ``depth`` 3x3 convolutions (SAME padding, stride 1), global average
+# pooling over space, a linear readout; the same multiplier table as the MLP (:func:`_table`).
+KERNEL_SIZE = 3
+
+
+class CNN(NamedTuple):
+    """A convolutional network on (H, W, C) images: ``depth`` 3x3 convolutions of ``width``
+    channels, global average pooling, a scalar linear readout (see :func:`make_cnn`)."""
+    H: int
+    W: int
+    C: int
+    depth: int
+    width: int
+    activation: str = "relu"
+    parameterization: str = "mup"
+    gamma0: float = 1.0
+
+
+def make_cnn(image_shape, *, depth, width, activation="relu", parameterization="mup",
+             gamma0=1.0) -> CNN:
+    """Validated :class:`CNN` for images of shape ``image_shape = (H, W, C)`` (channels last).
+
+    The network, for ``"mup"`` (``*`` a 3x3 convolution, SAME padding, stride 1; k = 3)::
+
+        h^1     = W^0 * x / sqrt(k^2 C)            W^0: (k, k, C, N)
+        h^{l+1} = W^l * phi(h^l) / sqrt(k^2 N)     W^l: (k, k, N, N), l = 1..L-1
+        f       = w . pool(phi(h^L)) / (gamma0 N)  w: (N,),  pool = mean over the H x W positions
+
+    with weights N(0, 1) and the learning rate ``eta * gamma0^2 * N``, exactly as for the MLP:
+    a convolution's fan-in is ``k^2 C`` (k^2 positions of the window times C input channels), and
+    the multipliers, initial standard deviations and learning-rate scale of every
+    parameterisation come from the MLP's table (module docstring) with these fan-ins (the
+    readout's fan-in is N: pooling averages over positions, it adds no fan-in). Errors name the
+    argument.
+    """
+    shp = image_shape
+    if (not isinstance(shp, (tuple, list)) or len(shp) != 3
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                   for v in shp)):
+        raise ValueError(f"image_shape must be (H, W, C), three integers >= 1; got {shp!r}")
+    depth = _checks.positive_int(depth, "depth")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth must be <= {MAX_DEPTH}; got {depth}: every layer is unrolled into "
+                         f"the compiled program, so compile time grows with depth")
+    net = CNN(H=int(shp[0]), W=int(shp[1]), C=int(shp[2]), depth=depth,
+              width=_checks.positive_int(width, "width"),
+              activation=_checks.choice(activation, "activation", ACTIVATIONS),
+              parameterization=_checks.choice(parameterization, "parameterization",
+                                              PARAMETERIZATIONS),
+              gamma0=_checks.nonnegative(gamma0, "gamma0", strict=True))
+    return _finite_table(net, _cnn_scalings)
+
+
+def _cnn(net, argname: str = "net") -> CNN:
+    if not isinstance(net, CNN):
+        raise ValueError(f"{argname} must be a CNN (from widenets.nets.make_cnn); "
+                         f"got {type(net).__name__}")
+    return make_cnn((net.H, net.W, net.C), depth=net.depth, width=net.width,
+                    activation=net.activation, parameterization=net.parameterization,
+                    gamma0=net.gamma0)
+
+
+def cnn_scalings(net: CNN) -> Scalings:
+    """Fan-ins ``(k^2 C, k^2 N, ..., k^2 N, N)``, multipliers, init stds and ``ntk_scale`` of a CNN."""
+    return _cnn_scalings(_cnn(net))
+
+
+def _cnn_scalings(net: CNN) -> Scalings:
+    k2 = KERNEL_SIZE ** 2
+    fan_in = (k2 * net.C,) + (k2 * net.width,) * (net.depth - 1) + (net.width,)
+    return _table(net.parameterization, fan_in, net.width, net.gamma0)
+
+
+def _cnn_param_shapes(net: CNN) -> list:
+    k, N = KERNEL_SIZE, net.width
+    return [(k, k, net.C, N)] + [(k, k, N, N)] * (net.depth - 1) + [(N,)]
+
+
+def cnn_param_shapes(net: CNN) -> list:
+    """Shapes of the weights: ``[(3, 3, C, N)] + [(3, 3, N, N)] * (L - 1) + [(N,)]`` (HWIO)."""
+    return _cnn_param_shapes(_cnn(net))
+
+
+def cnn_n_params(net: CNN) -> int:
+    """Number of trainable weights of a CNN (a Python int)."""
+    return sum(int(np.prod(s)) for s in _cnn_param_shapes(_cnn(net)))
+
+
+def init_cnn_params(net: CNN, key) -> list:
+    """Independent Gaussian weights (N(0, 1) times the table's init std), one key per layer."""
+    net = _cnn(net)
+    key = _checks.prng_key(key, "key")
+    _checks.fits(2 * cnn_n_params(net) * _itemsize(), "width",
+                 f"the {cnn_n_params(net):,} weights of a width-{net.width}, depth-{net.depth} CNN")
+    return _cnn_init_params(net, key)
+
+
+def _cnn_init_params(net: CNN, key) -> list:
+    return _gaussian_layers(_cnn_param_shapes(net), _cnn_scalings(net).init_std, key)
+
+
+def _conv(x, w):
+    """3x3 convolution, SAME padding, stride 1 (x: NHWC, w: HWIO).
+
+    On a CPU it is one matrix product of the k^2 shifted copies of x (im2col): XLA's CPU
+    convolution inside a ``lax.scan`` ran 10-20x slower than outside it (jax 0.5.3: 113 ms
+    against 16 ms per GD step at width 32 on 64 8x8 images, minutes at width 256); elsewhere
+    ``lax.conv_general_dilated`` (cuDNN on a GPU). Both give the same function.
+    """
+    w = w.astype(x.dtype)
+    if jax.default_backend() != "cpu":
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    k, H, W = w.shape[0], x.shape[1], x.shape[2]
+    lo = (k - 1) // 2
+    xp = jnp.pad(x, ((0, 0), (lo, k - 1 - lo), (lo, k - 1 - lo), (0, 0)))
+    patches = jnp.concatenate([xp[:, i:i + H, j:j + W, :] for i in range(k) for j in range(k)],
+                              axis=-1)
+    return patches @ w.reshape(-1, w.shape[-1])
+
+
+def _cnn_forward(net: CNN, params, X):
+    """``(hs, features, f)``: pre-activations h^l (P, H, W, N), pooled last-layer features
+    pool(phi(h^L)) (P, N) and the output f (P,)."""
+    sc = _cnn_scalings(net)
+    phi = activation_fn(net.activation)
+    h = sc.multiplier[0] * _conv(X, params[0])
+    hs = [h]
+    for l in range(1, net.depth):
+        h = sc.multiplier[l] * _conv(phi(h), params[l])
+        hs.append(h)
+    feats = jnp.mean(phi(h), axis=(1, 2))
+    return hs, feats, sc.multiplier[-1] * feats @ params[-1].astype(X.dtype)
+
+
+def _cnn_apply(net: CNN, params, X):
+    return _cnn_forward(net, params, X)[2]
+
+
+def _images(X, argname: str, shape=None):
+    """Images (P, H, W, C) of real, finite numbers (and the given (H, W, C) if ``shape``)."""
+    X = _checks.real_array(X, argname)
+    if X.ndim != 4 or min(X.shape) < 1:
+        raise ValueError(f"{argname} must have shape (P, H, W, C) (images, channels last) with "
+                         f"every size >= 1; got shape {X.shape}")
+    if shape is not None and tuple(X.shape[1:]) != tuple(shape):
+        raise ValueError(f"{argname} must hold images of shape {tuple(shape)} like X; "
+                         f"got shape {X.shape}")
+    _checks.finite(X, argname)
+    return X
+
+
+def cnn_apply(net: CNN, params, X):
+    """Outputs f (P,) of ``net`` with weights ``params`` (:func:`init_cnn_params`) on images X."""
+    net = _cnn(net)
+    X = jnp.asarray(_images(X, "X", (net.H, net.W, net.C)))
+    shapes = _cnn_param_shapes(net)
+    if (not isinstance(params, (list, tuple)) or len(params) != len(shapes)
+            or any(tuple(jnp.shape(p)) != s for p, s in zip(params, shapes))):
+        raise ValueError(f"params must be a list of arrays of shapes {shapes}")
+    _checks.fits(_cnn_act_bytes(net, X.shape[0]), "the number of rows of X",
+                 f"a forward pass of {X.shape[0]} images at width {net.width}")
+    return _cnn_apply(net, params, X)
+
+
+class CNNKernels(NamedTuple):
+    """Kernels of a CNN on a probe set, in the DMFT's units."""
+    ntk: jax.Array   # (P, P): ntk_scale * J J^T (muP: gamma0^2 N grad f . grad f')
+    phi: jax.Array   # (P, P): pooled last-layer features, pool(phi(h^L)) . pool(phi(h^L))' / N
+
+
+def _cnn_kernels(net: CNN, params, X) -> CNNKernels:
+    """The NTK from the explicit Jacobian of the outputs (for a scalar output the pNTK of
+    Mohamadi et al. is the NTK itself) and the pooled feature kernel of the last layer."""
+    sc = _cnn_scalings(net)
+    feats = _cnn_forward(net, params, X)[1]
+    J = jax.jacrev(lambda p: _cnn_apply(net, p, X))(params)
+    J = jnp.concatenate([j.reshape(X.shape[0], -1) for j in J], axis=1)
+    return CNNKernels(sc.ntk_scale * J @ J.T, feats @ feats.T / net.width)
+
+
+def _cnn_act_bytes(net: CNN, P: int) -> int:
+    """Activations of a forward and backward pass of P images (~8 arrays of H W N per layer)."""
+    return _itemsize() * 8 * P * net.H * net.W * net.width * net.depth
+
+
+def _cnn_kernel_bytes(net: CNN, P: int) -> int:
+    """:func:`_cnn_kernels` on P images: the Jacobian P x n_params (held twice while it is
+    built), the back-propagation of P outputs at once, the two P x P kernels."""
+    return _itemsize() * (2 * P * cnn_n_params(net) + 2 * P * P) + _cnn_act_bytes(net, P)
+
+
+def cnn_init_kernels(net: CNN, X, key, n_seeds: int = 1) -> CNNKernels:
+    """NTK and pooled feature kernel at initialisation of ``n_seeds`` CNNs on the images X
+    (leading axis: seed; seed s initialised like seed s of :func:`train_cnn`). Vmapped and
+    jitted; refused before allocating when the Jacobians (n_seeds x P x n_params) would not fit."""
+    net = _cnn(net)
+    X = jnp.asarray(_images(X, "X", (net.H, net.W, net.C)))
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    key = _checks.prng_key(key, "key")
+    need = n_seeds * (2 * cnn_n_params(net) * _itemsize() + _cnn_kernel_bytes(net, X.shape[0]))
+    _checks.fits(need, "the number of rows of X, width" + (" or n_seeds" if n_seeds > 1 else ""),
+                 f"the kernels of {X.shape[0]} images for {n_seeds} CNN(s) of width {net.width} "
+                 f"({cnn_n_params(net):,} weights each; the Jacobian is P x n_params per seed)")
+    if net not in _CNN_INIT_KERNELS:
+        def one(k, x):
+            return _cnn_kernels(net, _cnn_init_params(net, jax.random.split(k)[0]), x)
+        _CNN_INIT_KERNELS[net] = jax.jit(jax.vmap(one, in_axes=(0, None)))
+    return _CNN_INIT_KERNELS[net](jax.random.split(key, n_seeds), X)
+
+
+_CNN_INIT_KERNELS: dict = {}
+
+
+# ----------------------------------------------------------------------------- minibatches
+def _batch_at(key, t, P: int, B: int):
+    """Indices (B,) and validity mask (B,) of minibatch step ``t`` (traceable).
+
+    Epoch e = t // n_b (n_b = ceil(P / B) steps per epoch) visits the permutation
+    ``jax.random.permutation(fold_in(key, e), P)`` in consecutive slices of B; when B does not
+    divide P the epoch's last batch holds the remaining P - (n_b - 1) B examples (padded with
+    masked-out index 0)."""
+    nb = -(-P // B)
+    epoch, b = t // nb, t % nb
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), P)
+    padded = jnp.concatenate([perm, jnp.zeros(nb * B - P, perm.dtype)])
+    start = b * B
+    idx = jax.lax.dynamic_slice(padded, (start,), (B,))
+    return idx, (start + jnp.arange(B)) < P
+
+
+def minibatch_indices(P, batch_size, steps, key):
+    """The minibatches :func:`train_cnn` uses: ``(idx, mask)``, both of shape (steps, batch_size).
+
+    Step t trains on the examples ``idx[t][mask[t]]``. Every epoch (``ceil(P / batch_size)``
+    consecutive steps) visits each of the P examples exactly once, in an order reshuffled every
+    epoch with ``key`` (epoch e uses ``jax.random.fold_in(key, e)``). When batch_size does not
+    divide P, an epoch's last batch is smaller (the rest of the permutation; its padding is
+    masked out, and its loss is the mean over the examples it holds). In :func:`train_cnn`,
+    seed s draws its batches with ``jax.random.split(jax.random.split(key, n_seeds)[s])[1]``.
+    """
+    P = _checks.positive_int(P, "P")
+    B = _checks.positive_int(batch_size, "batch_size", maximum=P)
+    steps = _checks.positive_int(steps, "steps")
+    key = _checks.prng_key(key, "key")
+    idx, mask = jax.jit(jax.vmap(lambda t: _batch_at(key, t, P, B)))(jnp.arange(steps))
+    return np.asarray(idx), np.asarray(mask)
+
+
+# ----------------------------------------------------------------------------- training
+class CNNTrajectory(NamedTuple):
+    """Training records of an ensemble of CNNs (leading axis: seed S).
+
+    ``loss`` (S, T+1) on the whole training set and ``delta = y - f`` (S, T+1, P) at every step;
+    ``test_loss``, ``test_acc`` (S, T+1) at every step when ``y_test`` was given (else None);
+    ``f_test`` (S, n_rec, P_test) test predictions at the recorded ``times`` (n_rec,) when
+    ``X_test`` was given (else None); on the probe images ``X_probe`` (n_probe, H, W, C):
+    ``ntk`` (S, n_rec, n_probe, n_probe) and ``phi`` (S, n_rec, n_probe, n_probe), the last
+    layer's pooled feature kernel; ``params`` the final weights (leading axis S).
+    """
+    loss: jax.Array
+    delta: jax.Array
+    test_loss: jax.Array | None
+    test_acc: jax.Array | None
+    f_test: jax.Array | None
+    times: np.ndarray
+    ntk: jax.Array
+    phi: jax.Array
+    X_probe: jax.Array
+    params: list
+    net: CNN
+    batch_size: int | None
+
+
+def train_cnn(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, key,
+              parameterization="mup", n_seeds=1, batch_size=None, X_test=None, y_test=None,
+              record_every=None, X_probe=None, center=False) -> CNNTrajectory:
+    """Train ``n_seeds`` independent CNNs (:func:`make_cnn`) by gradient descent.
+
+    Args:
+      X: images (P, H, W, C), channels last; y: targets (P,) (e.g. +-1 for two classes).
+      depth, width, activation, gamma0, parameterization: the network (:func:`make_cnn`).
+      eta: learning rate in DMFT units (the weights move with ``eta * ntk_scale``; muP:
+        ``eta * gamma0^2 * N``) on ``(1/2B) sum_{mu in batch} (f_mu - y_mu)^2``.
+      steps: number of steps T; per-step records have T+1 entries, entry 0 at initialisation.
+      key: PRNG key or integer seed; seed s uses ``k_s = jax.random.split(key, n_seeds)[s]``,
+        split again into the key of its weights and the key of its minibatch order.
+      batch_size: None for full-batch gradient descent; else minibatch SGD, one step per
+        minibatch of ``batch_size`` (1..P) examples, each epoch visiting every example exactly
+        once in an order reshuffled with the key (:func:`minibatch_indices`; when batch_size
+        does not divide P an epoch's last batch holds the remainder and its loss is the mean
+        over those examples).
+      X_test, y_test: optional test images and targets; the test loss and the accuracy (sign
+        agreement of f and y, a prediction of exactly 0 counting one half) are recorded at
+        every step when y_test is given, the test predictions at the recorded times.
+      record_every: the probe kernels and test predictions are recorded every this many steps
+        (must divide ``steps``); default ``steps`` (at initialisation and at the end).
+      X_probe: images for the kernels; default the first min(P, 16) training images. The NTK
+        is ``ntk_scale * J J^T`` from the Jacobian J (n_probe x n_params) of the probe outputs
+        (for a scalar output the pNTK is the NTK itself), in train_mlp's units.
+      center: train and record ``f(x; theta) - f(x; theta_0)``, so that ``delta[0] = y``.
+
+    Seeds are vmapped and time is a ``lax.scan``. A request whose memory (weights and
+    activations of all seeds at once, the probe Jacobian n_probe x n_params per seed, the
+    records) cannot fit is refused before anything is allocated, saying how much it needs.
+    """
+    X = jnp.asarray(_images(X, "X"))
+    P = X.shape[0]
+    y = jnp.asarray(_checks.targets(y, P, "y"), X.dtype)
+    net = make_cnn(X.shape[1:], depth=depth, width=width, activation=activation,
+                   parameterization=parameterization, gamma0=gamma0)
+    eta, steps, n_seeds, record_every, center, key = _run_args(eta, steps, n_seeds, record_every,
+                                                              center, key)
+    if batch_size is not None:
+        if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) \
+                and batch_size > P:
+            raise ValueError(f"batch_size must be <= P={P} (the number of training images) or "
+                             f"None for full-batch GD; got {batch_size}")
+        batch_size = _checks.positive_int(batch_size, "batch_size", maximum=P)
+    if X_test is not None:
+        X_test = jnp.asarray(_images(X_test, "X_test", X.shape[1:]), X.dtype)
+    if y_test is not None:
+        if X_test is None:
+            raise ValueError("y_test needs X_test (the test images it labels); got X_test=None")
+        y_test = jnp.asarray(_checks.targets(y_test, X_test.shape[0], "y_test"), X.dtype)
+    X_probe = (X[:min(P, 16)] if X_probe is None
+               else jnp.asarray(_images(X_probe, "X_probe", X.shape[1:]), X.dtype))
+    P_test = 0 if X_test is None else X_test.shape[0]
+    _checks.fits(*_cnn_train_bytes(net, P, P_test, X_probe.shape[0], steps=steps,
+                                   record_every=record_every, n_seeds=n_seeds,
+                                   batch_size=batch_size))
+    lr = eta * _cnn_scalings(net).ntk_scale
+    if lr > float(np.finfo(np.dtype(X.dtype)).max) / 16:
+        raise ValueError(f"the weights' learning rate eta * ntk_scale = {lr:.3g} overflows "
+                         f"{np.dtype(X.dtype).name}: gamma0={net.gamma0:g} or eta={eta:g} is too "
+                         f"large")
+    run = _cnn_trainer(net, steps, record_every, batch_size, X_test is not None,
+                       y_test is not None, center)
+    keys = jax.random.split(key, n_seeds)
+    dummy = jnp.zeros((1,) + X.shape[1:], X.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = run(keys, X, y, X_test if X_test is not None else dummy,
+                  y_test if y_test is not None else jnp.zeros((1,), X.dtype), X_probe,
+                  jnp.asarray(lr, X.dtype))
+    loss, delta, tl, acc, ft, ntk, phi, params = out
+    if not bool(jnp.all(jnp.isfinite(loss))):
+        import warnings
+        t_bad = int(np.argmin(np.all(np.isfinite(np.asarray(loss)), axis=0)))
+        warnings.warn(f"train_cnn: training diverged (non-finite loss from step {t_bad}): lower "
+                      f"eta={eta:g} (parameterization={net.parameterization!r}, width="
+                      f"{net.width})", RuntimeWarning, stacklevel=2)
+    has_y = y_test is not None
+    return CNNTrajectory(loss, delta, tl if has_y else None, acc if has_y else None,
+                         ft if X_test is not None else None,
+                         np.arange(0, steps + 1, record_every), ntk, phi, X_probe, params, net,
+                         batch_size)
+
+
+def _cnn_train_bytes(net: CNN, P: int, P_test: int, n_probe: int, *, steps: int,
+                     record_every: int, n_seeds: int, batch_size):
+    """Estimated memory of :func:`train_cnn` as ``(bytes, argument to reduce, description)``.
+
+    Per seed (seeds are vmapped, so all live at once): the weights four times; the activations
+    of the backward pass on a batch (all P images for full-batch GD), of the forward passes on
+    the training set (minibatch SGD records the full training loss) and the test set; the
+    probe kernels (Jacobian n_probe x n_params, twice, and n_probe backward passes); the
+    records.
+    """
+    n_rec = steps // record_every + 1
+    rows = (P if batch_size is None else batch_size + P) + P_test
+    it = _itemsize()
+    terms = {
+        "width": it * 4 * cnn_n_params(net) + _cnn_act_bytes(net, rows),
+        "X_probe (fewer probe images) or width": _cnn_kernel_bytes(net, n_probe),
+        "steps or record_every": it * (3 * (steps + 1) * (3 + P) + 2 * n_rec * (
+            2 * n_probe ** 2 + P_test)),
+    }
+    blame = max(terms, key=terms.get) + (" or n_seeds" if n_seeds > 1 else "")
+    return (n_seeds * sum(terms.values()), blame,
+            f"training {n_seeds} CNN(s) of width {net.width} and depth {net.depth} "
+            f"({cnn_n_params(net):,} weights each) on {P} images of shape "
+            f"{(net.H, net.W, net.C)} with a probe Jacobian of {n_probe} x {cnn_n_params(net):,}")
+
+
+_CNN_TRAINERS: dict = {}
+
+
+def _cnn_trainer(net: CNN, steps: int, record_every: int, batch_size, with_test: bool,
+                 with_y_test: bool, center: bool):
+    """A jitted, vmapped (over seeds) CNN trainer; cached per static configuration."""
+    cache_key = (net, steps, record_every, batch_size, with_test, with_y_test, center)
+    if cache_key in _CNN_TRAINERS:
+        return _CNN_TRAINERS[cache_key]
+    n_chunks = steps // record_every
+
+    def one_seed(key, X, y, X_test, y_test, X_probe, lr):
+        k_init, k_data = jax.random.split(key)
+        P = X.shape[0]
+        params = _cnn_init_params(net, k_init)
+        f_init = _cnn_apply(net, params, X) if center else jnp.zeros(P, X.dtype)
+        ft_init = _cnn_apply(net, params, X_test) if center and with_test else 0.0
+
+        def out(p, x, f0):
+            return _cnn_apply(net, p, x) - f0
+
+        def test_out(p):
+            return out(p, X_test, ft_init) if with_test else jnp.zeros((0,), X.dtype)
+
+        def full_loss(p):
+            f = out(p, X, f_init)
+            return 0.5 * jnp.mean((f - y) ** 2), f
+
+        def batch_loss(p, t):
+            idx, mask = _batch_at(k_data, t, P, batch_size)
+            r = jnp.where(mask, out(p, X[idx], f_init[idx]) - y[idx], 0.0)
+            return 0.5 * jnp.sum(r ** 2) / jnp.sum(mask)
+
+        def test_rec(ft):
+            if not with_y_test:
+                return jnp.zeros((), X.dtype), jnp.zeros((), X.dtype)
+            hit = jnp.where(ft == 0, 0.5, (jnp.sign(ft) == jnp.sign(y_test)).astype(X.dtype))
+            return 0.5 * jnp.mean((ft - y_test) ** 2), jnp.mean(hit)
+
+        def step(p, t):
+            if batch_size is None:
+                (loss, f), grads = jax.value_and_grad(full_loss, has_aux=True)(p)
+            else:
+                loss, f = full_loss(p)
+                grads = jax.grad(batch_loss)(p, t)
+            ft = test_out(p)
+            if center:   # f(theta_0) - f(theta_0) is 0 exactly, whatever XLA's rounding
+                f, ft = jnp.where(t == 0, 0.0, f), jnp.where(t == 0, 0.0, ft)
+            tl, acc = test_rec(ft) if with_y_test else test_rec(None)
+            p = jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, grads)
+            return p, (loss, y - f, tl, acc)
+
+        def chunk(p, t0):
+            k = _cnn_kernels(net, p, X_probe)
+            ft = test_out(p)
+            ft = jnp.where(t0 == 0, 0.0, ft) if center else ft
+            p, rec = jax.lax.scan(step, p, t0 + jnp.arange(record_every))
+            return p, (k, ft, rec)
+
+        params, (ks, ft, (loss, delta, tl, acc)) = jax.lax.scan(
+            chunk, params, jnp.arange(n_chunks) * record_every)
+        k_end = _cnn_kernels(net, params, X_probe)
+        loss_end, f_end = full_loss(params)
+        ft_end = test_out(params)
+        tl_end, acc_end = test_rec(ft_end) if with_y_test else test_rec(None)
+        flat = lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+        cat = lambda a, e: jnp.concatenate([flat(a), e[None]])
+        return (cat(loss, loss_end), cat(delta, y - f_end), cat(tl, tl_end), cat(acc, acc_end),
+                jnp.concatenate([ft, ft_end[None]]),
+                jnp.concatenate([ks.ntk, k_end.ntk[None]]),
+                jnp.concatenate([ks.phi, k_end.phi[None]]), params)
+
+    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None, None, None)))
+    _CNN_TRAINERS[cache_key] = run
+    return run
+
+
+# ----------------------------------------------------------------------------- CNN coordinate check
+def cnn_coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", gamma0=1.0,
+                    eta, steps=3, key, n_seeds=4) -> CoordCheck:
+    """Coordinate check of CNNs (as :func:`coord_check` for MLPs): ``n_seeds`` CNNs per width
+    trained by full-batch GD for ``steps`` steps (learning rate ``eta * ntk_scale``);
+    ``h_size`` (n_widths, depth) is the RMS of each layer's pre-activations h^l at
+    initialisation (over channels, positions, images and seeds), ``dh_size`` (n_widths, steps,
+    depth) the RMS of h^l(t) - h^l(0), ``df_size`` (n_widths, steps) that of f(t) - f(0).
+    Under muP all three are O(1) in the width; under the standard parameterisation at a fixed
+    learning rate the output's update grows with the width."""
+    X = jnp.asarray(_images(X, "X"))
+    y = jnp.asarray(_checks.targets(y, X.shape[0], "y"), X.dtype)
+    widths = _checks.int_list(widths, "widths")
+    steps = _checks.positive_int(steps, "steps")
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    eta = _checks.nonnegative(eta, "eta")
+    key = _checks.prng_key(key, "key")
+    nets_ = [make_cnn(X.shape[1:], depth=depth, width=N, activation=activation,
+                      parameterization=parameterization, gamma0=gamma0) for N in widths]
+    widest = max(nets_, key=lambda n: n.width)
+    need = n_seeds * (4 * cnn_n_params(widest) * _itemsize()
+                      + 2 * _cnn_act_bytes(widest, X.shape[0]))
+    _checks.fits(need, "widths (the largest)" + (" or n_seeds" if n_seeds > 1 else ""),
+                 f"a coordinate check of {n_seeds} CNN(s) of width {widest.width}")
+    h_size, dh_size, df_size = [], [], []
+    for net in nets_:
+        lr = jnp.asarray(eta * _cnn_scalings(net).ntk_scale, X.dtype)
+        hs0, dhs, dfs = _coord_runner(net, steps)(jax.random.split(key, n_seeds), X, y, lr)
+        h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
+        dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
+        df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))
+    return CoordCheck(np.asarray(widths), np.stack(h_size), np.stack(dh_size),
+                      np.stack(df_size), parameterization)
+
+
