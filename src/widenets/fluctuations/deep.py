@@ -27,12 +27,17 @@ K the covariance of one neuron's products x_a x_b (Isserlis: K Z = C (Z + Z^T) C
 H the Hessian of V. Writing it as (I - K H)^{-1} K, not (I - D)^{-1} K (I - D)^{-T}, matters:
 the latter counts the bilinear coupling A' . B' of neighbouring layers twice (it reproduces the
 two-layer network, where no such coupling exists, but not a deep one: measured on the first
-step of a depth-2 network, whose variance is known in closed form). For an output o(Y) with
-gradient w, N Var[o] = (K w) . z with z = (I - H K)^{-1} w, and z = w + H K z is solved by
-iteration: H K is nilpotent (causality), so the iteration terminates (about 2 t + 4 L sweeps for
-an output at time t). Each sweep costs two products of (n, n) matrices per layer (n =
-2 (T + 1) (P + 1)) and one Hessian-vector product of V: no Hessian is formed, nothing is
-inverted.
+step of a depth-2 network, whose variance is known in closed form). For outputs o_a(Y) with
+gradients w_a,
+
+    N Cov[o_a, o_b] = w_a . K (I - H K)^{-1} w_b = sum_k w_a . K (H K)^k w_b,
+
+a finite series: H K is nilpotent (causality; its index on an output at time t grows like t,
+measured (2..4) t + 6 L). As K and H are symmetric, with u_j = (H K)^j w the terms pair up,
+w_a . K (H K)^{2j} w_b = u_a . K u_b and w_a . K (H K)^{2j+1} w_b = (K u_a) . H (K u_b), so only
+half the index is swept: each sweep is one K product (two products of (n, n) matrices per
+layer, n = 2 (T + 1) (P + 1), using the zero block of C) and one Hessian-vector product of V on
+the eight blocks of Y_l that V reads. No Hessian is formed, nothing is inverted.
 """
 from __future__ import annotations
 
@@ -62,48 +67,86 @@ def _layer_covariance(state, Phi, G, Hr, Gu, l):
                       [Hr[l].T, Gr.T, jnp.zeros((T1, TP), dt), jnp.zeros((T1, T1), dt)]])
 
 
-def _coupling(Kx, y, gamma0, eta, L, T1, update):
-    """The coupling V(Y) of the layers' second moments Y (L, n, n) and the outputs
-    (Delta (T1, P), K (T1, P, P)) as functions of Y (see the module docstring)."""
+_BLOCKS = ("hh", "gg", "pp", "qq", "hq", "pg", "qh", "gh")   # p = h', q = g'
+
+
+def _blocks(P, T1):
+    """The slices of h, g, h', g' in x, and :func:`_split` / :func:`_embed`: the coupling reads
+    eight blocks of each Y_l (the rest of Y_l enters only through K)."""
+    TP = T1 * P
+    n = 2 * (TP + T1)
+    sl = dict(h=slice(0, TP), g=slice(TP, TP + T1), p=slice(TP + T1, 2 * TP + T1),
+              q=slice(2 * TP + T1, n))
+
+    def split(Y):
+        return {b: Y[:, sl[b[0]], sl[b[1]]] for b in _BLOCKS}
+
+    def embed(B):
+        L, dt = B["hh"].shape[0], B["hh"].dtype
+        z = lambda a, b: jnp.zeros((L, a, b), dt)
+        return jnp.concatenate([
+            jnp.concatenate([B["hh"], z(TP, T1), z(TP, TP), B["hq"]], -1),
+            jnp.concatenate([B["gh"], B["gg"], z(T1, TP), z(T1, T1)], -1),
+            jnp.concatenate([z(TP, TP), B["pg"], B["pp"], z(TP, T1)], -1),
+            jnp.concatenate([B["qh"], z(T1, T1), z(T1, TP), B["qq"]], -1)], -2)
+    return split, embed
+
+
+def _coupling(Kx, y, gamma0, eta, L, T1, update, blocks=False):
+    """The coupling V and the outputs (Delta (T1, P), K (T1, P, P)) as functions of the layers'
+    second moments Y (L, n, n) (see the module docstring), or, with ``blocks``, of the eight
+    blocks of :func:`_blocks` that they read (a dict of arrays with a leading layer axis)."""
     P = Kx.shape[0]
     TP, c, dt = T1 * P, eta / P, Kx.dtype
-    n = 2 * (TP + T1)
-    h, g = slice(0, TP), slice(TP, TP + T1)
-    hp, gp = slice(TP + T1, 2 * TP + T1), slice(2 * TP + T1, n)
     t_of = jnp.arange(TP) // P
     hg_before = (jnp.arange(T1)[None, :] < t_of[:, None]).astype(dt)       # ((t, mu), s): s < t
     gh_before = (t_of[None, :] < jnp.arange(T1)[:, None]).astype(dt)       # (t, (s, nu)): s < t
     Phi0, ones = jnp.tile(Kx, (T1, T1)), jnp.ones((T1, T1), dt)
     eqt = jnp.arange(T1)
 
-    def ntk(Y):
-        K = Y[0][g, g][eqt, eqt][:, None, None] * Kx[None]
-        for l in range(L):
-            g_up = 1.0 if l == L - 1 else Y[l + 1][g, g][eqt, eqt][:, None, None]
-            K = K + g_up * Y[l][h, h].reshape(T1, P, T1, P)[eqt, :, eqt, :]
-        return K
+    def ntk(B):
+        g_diag = B["gg"][:, eqt, eqt]                                       # G^l(t, t)
+        g_up = jnp.concatenate([g_diag[1:], jnp.ones((1, T1), dt)])         # G^{l+1}(t, t)
+        h_diag = B["hh"].reshape(L, T1, P, T1, P)[:, eqt, :, eqt, :]        # (T1, L, P, P)
+        return (g_diag[0][:, None, None] * Kx[None]
+                + jnp.einsum("lt,tlmn->tmn", g_up, h_diag))
 
-    def delta(Y):
+    def delta(B):
         if update == "exact":
-            F = Y[L - 1][g, h].reshape(T1, T1, P)[eqt, eqt]                 # <g(t) h(t, mu)>
+            F = B["gh"][L - 1].reshape(T1, T1, P)[eqt, eqt]                 # <g(t) h(t, mu)>
             return y[None, :] - (F - F[0]) / gamma0
-        return jax.lax.scan(lambda d, Kt: (d - c * Kt @ d, d), y, ntk(Y))[1]
+        return jax.lax.scan(lambda d, Kt: (d - c * Kt @ d, d), y, ntk(B))[1]
 
-    def V(Y):
-        d = delta(Y).reshape(-1)
-        v = 0.0
-        for l in range(L):
-            Phi_dn = Phi0 if l == 0 else Y[l - 1][h, h]
-            G_up = ones if l == L - 1 else Y[l + 1][g, g]
-            v = v + 0.5 * jnp.sum(Phi_dn * Y[l][hp, hp]) + 0.5 * jnp.sum(G_up * Y[l][gp, gp])
-            if l > 0:
-                v = v + jnp.sum(Y[l - 1][h, gp] * Y[l][hp, g])             # A'_{l-1} . B'_l
-            a = gamma0 * c * (Phi_dn * d[None, :]).reshape(TP, T1, P).sum(-1) * hg_before
-            b = gamma0 * c * jnp.repeat(G_up, P, axis=1) * d[None, :] * gh_before
-            v = v + jnp.sum(a * Y[l][hp, g]) + jnp.sum(b * Y[l][gp, h])
-        return v
+    def V(B):
+        d = delta(B).reshape(-1)
+        Phi_dn = jnp.concatenate([Phi0[None], B["hh"][:-1]])               # Phi^{l-1}
+        G_up = jnp.concatenate([B["gg"][1:], ones[None]])                   # G^{l+1}
+        a = gamma0 * c * (Phi_dn * d).reshape(L, TP, T1, P).sum(-1) * hg_before
+        b = gamma0 * c * jnp.repeat(G_up, P, axis=2) * d * gh_before
+        return (0.5 * jnp.sum(Phi_dn * B["pp"]) + 0.5 * jnp.sum(G_up * B["qq"])
+                + jnp.sum(B["hq"][:-1] * B["pg"][1:])                        # A'_{l-1} . B'_l
+                + jnp.sum(a * B["pg"]) + jnp.sum(b * B["qh"]))
 
-    return V, delta, ntk
+    if blocks:
+        return V, delta, ntk
+    split = _blocks(P, T1)[0]
+    return (lambda Y: V(split(Y))), (lambda Y: delta(split(Y))), (lambda Y: ntk(split(Y)))
+
+
+def _isserlis(C, m, Z):
+    """K Z = C (Z + Z^T) C per layer, using the zero block of C: the conjugate fields (the
+    last n - m of x) have no second moments among themselves, C = [[Cpp, Cpc], [Ccp, 0]]; the
+    result is symmetric, so its lower-left block is not computed (11 products of (n/2)-blocks
+    instead of 16)."""
+    S = Z + jnp.swapaxes(Z, -1, -2)
+    Cpp, Cpc = C[..., :m, :m], C[..., :m, m:]
+    Ccp = jnp.swapaxes(Cpc, -1, -2)
+    Spp, Spc, Scp, Scc = S[..., :m, :m], S[..., :m, m:], S[..., m:, :m], S[..., m:, m:]
+    Mpp, Mpc = Spp @ Cpp + Spc @ Ccp, Spp @ Cpc
+    Mcp, Mcc = Scp @ Cpp + Scc @ Ccp, Scp @ Cpc
+    Npp, Npc, Ncc = Cpp @ Mpp + Cpc @ Mcp, Cpp @ Mpc + Cpc @ Mcc, Ccp @ Mpc
+    return jnp.concatenate([jnp.concatenate([Npp, Npc], -1),
+                            jnp.concatenate([jnp.swapaxes(Npc, -1, -2), Ncc], -1)], -2)
 
 
 @partial(jax.jit, static_argnames=("L", "steps", "update", "max_iter", "first", "kernels"))
@@ -118,15 +161,19 @@ def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter, first=
     mean_delta, mean_ntk, Phi, G, Hr, Gu, state = _causal_solve(
         Kx, y, gamma0, eta, depth=L, steps=steps, update=update, return_state=True)
     C = jnp.stack([_layer_covariance(state, Phi, G, Hr, Gu, l) for l in range(L)])
+    Kop = partial(_isserlis, C, T1 * (P + 1))
     V, delta, ntk = _coupling(Kx, y, gamma0, eta, L, T1, update)
-    Kop = lambda Z: C @ (Z + jnp.swapaxes(Z, -1, -2)) @ C
-    _, Hop = jax.linearize(jax.grad(V), C)
+    TP = T1 * P
+    split, embed = _blocks(P, T1)
+    Vb = _coupling(Kx, y, gamma0, eta, L, T1, update, blocks=True)[0]
+    _, Hb = jax.linearize(jax.grad(Vb), split(C))
+    Hop = lambda Z: embed(Hb(split(Z)))
     # the outputs' gradients: Delta_mu(t) and K_mu nu(t) for t >= first
     n_t = T1 - first
     wd = jax.jacrev(lambda Y: delta(Y)[first:])(C).reshape(n_t * P, *C.shape)
     wk = jax.jacrev(lambda Y: ntk(Y)[first:])(C).reshape(n_t * P * P, *C.shape)
     w = [wd, wk]
-    TP, eqt = T1 * P, jnp.arange(first, T1)
+    eqt = jnp.arange(first, T1)
     if kernels:       # every layer's Phi^l_mu nu(t, t) and G^l(t, t)
         kern = lambda Y: jnp.concatenate([
             Y[:, :TP, :TP].reshape(L, T1, P, T1, P)[:, eqt, :, eqt, :].reshape(-1),
@@ -134,26 +181,39 @@ def _deep_linear_solve(Kx, y, gamma0, eta, *, L, steps, update, max_iter, first=
         w.append(jax.jacrev(kern)(C).reshape(-1, *C.shape))
     w = jnp.concatenate(w)
 
-    def solve(w1):    # z <- w + H K z until it no longer changes (H K is nilpotent)
-        scale = jnp.max(jnp.abs(w1)) + 1e-300
+    # N Cov[o_a, o_b] = w_a . K (I - H K)^{-1} w_b = sum_k w_a . K (H K)^k w_b, and with
+    # u_j = (H K)^j w (K and H symmetric) the terms pair up: k = 2j is u_a . K u_b and
+    # k = 2j + 1 is (K u_a) . H (K u_b). So j only runs to half the nilpotency index of H K
+    # (which ends the series exactly): each sweep is one K and one H product per output, and
+    # the outputs come in groups of P whose covariance is wanted (Delta_mu(t), mu = 1..P)
+    n_out = w.shape[0]
+    w = jnp.concatenate([w, jnp.zeros((-n_out % P,) + C.shape, C.dtype)])
+    w = w.reshape(-1, P, *C.shape)
+    dot = lambda A, B: jnp.einsum("a...,b...->ab", A, B)
 
+    def solve(W):
         def body(s):
-            z, _, k = s
-            z_new = w1 + Hop(Kop(z))
-            return z_new, jnp.max(jnp.abs(z_new - z)) / jnp.maximum(jnp.max(jnp.abs(z_new)),
-                                                                   scale), k + 1
-        # exact termination (H K nilpotent) shows as no change at all; in the rich regime the
-        # partial sums first grow (1e5 x |w| at depth 4, gamma0 = 2) and the last terms are
-        # round-off, so stop at a change of 1e-14 of the largest entry
-        z, _, k = jax.lax.while_loop(lambda s: (s[1] > 1e-14) & (s[2] < max_iter), body,
-                                     (w1, jnp.asarray(1.0, C.dtype), 0))
-        return z, k
-    z, iters = jax.lax.map(solve, w)
+            U, acc, peak, quiet, k = s
+            KU = jax.lax.map(Kop, U)
+            HKU = jax.lax.map(Hop, KU)
+            ta, tb = dot(U, KU), dot(KU, HKU)
+            size = jnp.max(jnp.abs(ta)) + jnp.max(jnp.abs(tb))
+            peak = jnp.maximum(peak, size)
+            # the terms first grow (1e5 x the first at depth 4, gamma0 = 2), then fall to 0
+            # faster than geometrically: stop after three sweeps below round-off of the largest
+            quiet = jnp.where(size <= 1e-17 * peak, quiet + 1, 0)
+            return HKU, acc + ta + tb, peak, quiet, k + 1
+
+        def more(s):
+            return (s[3] < 3) & (s[4] < max_iter) & jnp.any(s[0] != 0)
+        zero = jnp.zeros((), C.dtype)
+        _, acc, _, _, k = jax.lax.while_loop(
+            more, body, (W, jnp.zeros((P, P), C.dtype), zero, 0, 0))
+        return 0.5 * (acc + acc.T), k
+    gram, iters = jax.lax.map(solve, w)
     iters = jnp.max(iters)
-    Kw = jax.vmap(Kop)(w)
-    zd, Kwd = z[:n_t * P].reshape(n_t, P, -1), Kw[:n_t * P].reshape(n_t, P, -1)
-    cov = jnp.einsum("tma,tna->tmn", zd, Kwd)
-    var = jnp.sum(z[n_t * P:] * Kw[n_t * P:], axis=(1, 2, 3))
+    cov = gram[:n_t]
+    var = jnp.diagonal(gram[n_t:], axis1=1, axis2=2).reshape(-1)[:n_out - n_t * P]
     var_ntk = var[:n_t * P * P].reshape(n_t, P, P)
     extra = None
     if kernels:
