@@ -1114,10 +1114,14 @@ class CNNKernels(NamedTuple):
 
 def _cnn_kernels(net: CNN, params, X) -> CNNKernels:
     """The NTK from the explicit Jacobian of the outputs (for a scalar output the pNTK of
-    Mohamadi et al. is the NTK itself) and the pooled feature kernel of the last layer."""
+    Mohamadi et al. is the NTK itself) and the pooled feature kernel of the last layer.
+
+    The Jacobian is taken one image at a time (vmapped): ``jacrev`` of the batched forward pass
+    would send each of the P cotangents back through all P images, O(P^2) image passes
+    (measured 20-110x slower at P = 64, benchmarks/bench_cnn.py)."""
     sc = _cnn_scalings(net)
     feats = _cnn_forward(net, params, X)[1]
-    J = jax.jacrev(lambda p: _cnn_apply(net, p, X))(params)
+    J = jax.vmap(lambda x: jax.jacrev(lambda p: _cnn_apply(net, p, x[None])[0])(params))(X)
     J = jnp.concatenate([j.reshape(X.shape[0], -1) for j in J], axis=1)
     return CNNKernels(sc.ntk_scale * J @ J.T, feats @ feats.T / net.width)
 
@@ -1129,8 +1133,20 @@ def _cnn_act_bytes(net: CNN, P: int) -> int:
 
 def _cnn_kernel_bytes(net: CNN, P: int) -> int:
     """:func:`_cnn_kernels` on P images: the Jacobian P x n_params (held twice while it is
-    built), the back-propagation of P outputs at once, the two P x P kernels."""
+    built), the P per-image back-propagations (vmapped, all live at once), the P x P kernels."""
     return _itemsize() * (2 * P * cnn_n_params(net) + 2 * P * P) + _cnn_act_bytes(net, P)
+
+
+def _over_seeds(one_seed):
+    """``one_seed(key, *args)`` run for every key of a (S, 2) array, results stacked.
+
+    On a GPU or TPU one vmapped program; on a CPU a ``lax.map`` (one seed after another inside
+    one compiled program): there the vmapped convolution (a batched matrix product) ran
+    1.2-1.8x slower than a Python loop over seeds (benchmarks/bench_cnn.py)."""
+    if jax.default_backend() != "cpu":
+        return lambda keys, *args: jax.vmap(one_seed, in_axes=(0,) + (None,) * len(args))(
+            keys, *args)
+    return lambda keys, *args: jax.lax.map(lambda k: one_seed(k, *args), keys)
 
 
 def cnn_init_kernels(net: CNN, X, key, n_seeds: int = 1) -> CNNKernels:
@@ -1148,7 +1164,7 @@ def cnn_init_kernels(net: CNN, X, key, n_seeds: int = 1) -> CNNKernels:
     if net not in _CNN_INIT_KERNELS:
         def one(k, x):
             return _cnn_kernels(net, _cnn_init_params(net, jax.random.split(k)[0]), x)
-        _CNN_INIT_KERNELS[net] = jax.jit(jax.vmap(one, in_axes=(0, None)))
+        _CNN_INIT_KERNELS[net] = jax.jit(_over_seeds(one))
     return _CNN_INIT_KERNELS[net](jax.random.split(key, n_seeds), X)
 
 
@@ -1397,7 +1413,7 @@ def _cnn_trainer(net: CNN, steps: int, record_every: int, batch_size, with_test:
                 jnp.concatenate([ks.ntk, k_end.ntk[None]]),
                 jnp.concatenate([ks.phi, k_end.phi[None]]), params)
 
-    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None, None, None)))
+    run = jax.jit(_over_seeds(one_seed))
     _CNN_TRAINERS[cache_key] = run
     return run
 
