@@ -363,3 +363,237 @@ def max_learning_rate(K, *, eps: float = 1e-12) -> float:
     eps = _checks.nonnegative(eps, "eps", strict=True)
     lam_max = float(np.linalg.eigvalsh(K)[-1])
     return 2 * K.shape[0] / max(lam_max, eps)
+
+
+# ----------------------------------------------------------------------------- CNN kernels
+# neural-tangents computes a convolution's kernel on the full spatial covariance: for every
+# pair of images (x, x') it holds Sigma(x, x')[i, j] for all pairs of positions i, j, that is
+# S = (H W)^2 numbers (4096 for 8x8 digits, 10^6 for 32x32 CIFAR-10), for the NNGP and again for
+# the NTK; global average pooling then averages them. The NNGP of a conv layer (3x3, SAME, fan-in
+# 9 C) is Sigma^{l+1}[i, j] = (1/9) sum_{d in window} E[phi(h^l)_{i+d} phi(h^l)'_{j+d}] (zero
+# beyond the border), so that of ``nets._conv`` with multiplier 1/sqrt(9 C) exactly.
+def _stax_conv_layer(activation: str, width: int) -> list:
+    stax = _nt().stax
+    return [stax.Conv(width, (_nets.KERNEL_SIZE,) * 2, padding="SAME", W_std=1.0, b_std=None,
+                      parameterization="ntk"),
+            _stax_activation(activation)]
+
+
+def _stax_cnn_readout() -> list:
+    stax = _nt().stax
+    # channel_axis=3 (NHWC) is the convolutions' own, so parallel branches agree on it
+    return [stax.GlobalAvgPool(channel_axis=3),
+            stax.Dense(1, W_std=1.0, b_std=None, parameterization="ntk")]
+
+
+def stax_cnn(depth: int, activation: str = "relu", width: int = 512):
+    """``(init_fn, apply_fn, kernel_fn)`` of the neural-tangents CNN matching ``nets``'s muP / NTK CNN.
+
+    ``depth`` times ``Conv(width, (3, 3), padding="SAME", W_std=1, parameterization="ntk")`` (no
+    bias; neural-tangents' fan-in is ``3 * 3 * C_in``, as in :func:`widenets.nets.make_cnn`) and
+    the activation, then ``GlobalAvgPool()`` and ``Dense(1, W_std=1, parameterization="ntk")``.
+    Images are (P, H, W, C), channels last. Its NTK is the large-width limit of
+    ``nets.cnn_init_kernels(...).ntk`` for ``parameterization`` ``"mup"`` and ``"ntk"`` (any
+    gamma0); its NNGP (the output covariance of the NTK-parameterised net) is the limit of the
+    pooled feature kernel ``nets.cnn_init_kernels(...).phi``.
+    """
+    depth = _checks.positive_int(depth, "depth", maximum=_nets.MAX_DEPTH)
+    _checks.choice(activation, "activation", _checks.ACTIVATIONS)
+    width = _checks.positive_int(width, "width")
+    layers = []
+    for _ in range(depth):
+        layers += _stax_conv_layer(activation, width)
+    return _nt().stax.serial(*layers, *_stax_cnn_readout())
+
+
+def _stax_cnn_tapped(depth: int, activation: str):
+    """A stax network whose kernel_fn returns, nested, the pooled kernel after every layer.
+
+    ``conv, act, FanOut(2), parallel(GlobalAvgPool, conv, act, FanOut(2), parallel(...))``: the
+    kernel of each branch is that of the depth-l network truncated after layer l and pooled, all
+    in one pass (O(L) layer evaluations, not O(L^2)); the last branch ends with the readout.
+    """
+    stax = _nt().stax
+    tail = stax.serial(*_stax_cnn_readout())
+    for _ in range(depth - 1):
+        tail = stax.serial(stax.FanOut(2),
+                           stax.parallel(stax.GlobalAvgPool(channel_axis=3),
+                                         stax.serial(*_stax_conv_layer(activation, 512), tail)))
+    return stax.serial(*_stax_conv_layer(activation, 512), tail)
+
+
+_CNN_TILES: dict = {}
+
+
+def _cnn_tile_fn(depth: int, activation: str):
+    """Jitted ``(x1, x2) -> (phi (depth, b1, b2), ntk (b1, b2))`` for one block of image pairs."""
+    key = (depth, activation)
+    if key not in _CNN_TILES:
+        with warnings.catch_warnings():  # neural-tangents warns that tanh uses quadrature
+            warnings.simplefilter("ignore", UserWarning)
+            kernel_fn = _stax_cnn_tapped(depth, activation)[2]
+
+        def tile(x1, x2):
+            with warnings.catch_warnings():  # tanh's quadrature warning, at trace time
+                warnings.simplefilter("ignore", UserWarning)
+                out = kernel_fn(x1, x2, get=None)
+            ks = jax.tree_util.tree_leaves(out, is_leaf=lambda k: hasattr(k, "nngp"))
+            return jnp.stack([k.nngp for k in ks]), ks[-1].ntk
+
+        _CNN_TILES[key] = jax.jit(tile)
+    return _CNN_TILES[key]
+
+
+def _cnn_analytic_bytes(H: int, W: int, depth: int, activation: str, itemsize: int = 4):
+    """Bytes of working memory of neural-tangents' CNN kernels per pair of images and per image.
+
+    Per pair the NNGP and the NTK each hold S = (H W)^2 entries, and XLA keeps a few such arrays
+    per layer: measured with ``jax.jit(...).lower(...).compile().memory_analysis()`` on blocks of
+    4 and 16 8x8 images, 2.7 S (relu, depth 1) and 8.9 S (relu, depth 3; linear 1.8 and 5.3),
+    bounded here by (4 L + 4) S; tanh's Gauss-Hermite quadrature evaluates 32 x 32 points per
+    entry (measured 913 S at depth 1 and 916 S at depth 3), bounded by (1024 + 4 L + 4) S. Per
+    image its covariance with itself, also S entries, goes through the same steps.
+    """
+    S = (H * W) ** 2
+    per_entry = 4 * depth + 4 + (32 * 32 if activation == "tanh" else 0)
+    return itemsize * S * per_entry, itemsize * S * per_entry
+
+
+# working memory of one block of image pairs (less if the limit is lower): small blocks run as
+# fast per pair as large ones (8x8 images, relu, depth 2: 2.5-2.8 ms per pair for blocks of
+# 4 to 32 images), and blocks of 67 images ran several times slower per pair
+CNN_TILE_BYTES = 64 << 20
+
+
+def cnn_analytic(X, X2=None, *, depth, activation="relu", batch_size=None) -> AnalyticKernels:
+    """Analytic NTK and pooled NNGP of the infinite-width CNN of :func:`widenets.nets.train_cnn`.
+
+    ``X`` (P, H, W, C) and ``X2`` (P2, H, W, C) are images, channels last (default ``X2 = X``).
+    Returns :class:`AnalyticKernels` with
+
+    * ``ntk`` (P, P2): the limit of ``nets.cnn_init_kernels(...).ntk`` (muP and NTK
+      parameterisations, any gamma0: the kernel that drives the training error; the standard
+      parameterisation's NTK grows with the width and has no such limit);
+    * ``nngp`` (P, P2): the pooled last-layer feature kernel, the limit of ``CNNTrajectory.phi``
+      (``pool(phi(h^L)) . pool(phi(h^L))' / N``; also the output covariance of the
+      NTK-parameterised net);
+    * ``phi`` (depth, P, P2): ``phi[l-1]`` is the pooled feature kernel after layer l (that of
+      the depth-l CNN), so ``phi[-1] == nngp``.
+
+    Memory: neural-tangents holds the full spatial covariance, S = (H W)^2 entries per pair of
+    images (4096 for 8x8 digits, 10^6 for 32x32 CIFAR-10), for the NNGP and again for the NTK,
+    and the activation's kernel a few more. The pairs are therefore evaluated in blocks of
+    ``batch_size`` x ``batch_size`` images (default: the largest block within
+    :data:`CNN_TILE_BYTES` = 64 MiB of working memory, 17 x 17 for 8x8 digits at depth 2; with
+    ``X2 = None`` only the blocks on and above the diagonal, the others by symmetry), and the
+    request is refused before anything is allocated when one block plus the outputs would not
+    fit: ``itemsize * ((H W)^2 c (b1 b2 + b1 + b2) + (L + 2) P P2)`` bytes for blocks of b1 x b2
+    images, with c = 4 L + 4 (relu, linear, erf) or 1024 + 4 L + 4 (tanh: a 32 x 32-point
+    quadrature per entry) from XLA's memory analysis (:func:`_cnn_analytic_bytes`). P = 400
+    digits at depth 2 then need about 65 MB (1.1 GB peak resident memory, with JAX and TensorFlow).
+
+    Run time, relu, float32, 8x8x1 digits, measured on 2 shared CPU cores (load ~5; the first
+    call of a depth and a block shape includes 1-5 s of compilation): P = 200: 42 s wall / 29 s
+    CPU (depth 2), 68 s / 50 s (depth 3); P = 400: 164 s / 106 s (depth 2), 208 s / 164 s
+    (depth 3). It grows like P^2 L (H W)^2: about 0.6 ms of CPU per pair of images and layer
+    (1.2 ms per pair at depth 2), almost all in neural-tangents' convolution of the covariance
+    (on a CPU a loop of single-channel 2-d convolutions, single-threaded); tanh's quadrature costs
+    ~100x more (128 ms per pair at depth 2: hours for P = 400 on a CPU). On a GPU these
+    convolutions run through cuDNN.
+    """
+    X = jnp.asarray(_nets._images(X, "X"))
+    X2 = None if X2 is None else jnp.asarray(_nets._images(X2, "X2", X.shape[1:]), X.dtype)
+    depth = _checks.positive_int(depth, "depth", maximum=_nets.MAX_DEPTH)
+    _checks.choice(activation, "activation", _checks.ACTIVATIONS)
+    P, H, W, _ = X.shape
+    P2 = P if X2 is None else X2.shape[0]
+    itemsize = np.dtype(X.dtype).itemsize
+    per_pair, per_image = _cnn_analytic_bytes(H, W, depth, activation, itemsize)
+    tile_bytes = lambda b1, b2: per_pair * b1 * b2 + per_image * (b1 + b2)
+    if batch_size is None:
+        budget = min(CNN_TILE_BYTES, _checks.memory_limit() // 2)
+        b = max(P, P2)
+        if tile_bytes(b, b) > budget:    # the largest square block within the budget, ...
+            b = max(1, int((np.sqrt(per_image ** 2 + per_pair * budget) - per_image) / per_pair))
+            b = -(-max(P, P2) // -(-max(P, P2) // b))    # ... evened out to waste little padding
+    else:
+        b = _checks.positive_int(batch_size, "batch_size")
+    b1, b2 = min(b, P), min(b, P2)
+    _checks.fits(tile_bytes(b1, b2) + itemsize * (depth + 2) * P * P2,
+                 "the number of images in X / X2 (or batch_size)" if batch_size is None
+                 else "batch_size (or the number of images in X / X2)",
+                 f"analytic {activation} CNN kernels of {P} x {P2} images of {H}x{W} pixels in "
+                 f"blocks of {b1} x {b2} ((H W)^2 = {(H * W) ** 2} covariance entries per pair)")
+    tile = _cnn_tile_fn(depth, activation)
+    phi = np.zeros((depth, P, P2), X.dtype)
+    ntk = np.zeros((P, P2), X.dtype)
+    Y = X if X2 is None else X2
+
+    def block(A, start, size):
+        """Rows start..start+size of A, padded with copies of its first row (a fixed shape)."""
+        rows = A[start:start + size]
+        if rows.shape[0] < size:
+            rows = jnp.concatenate([rows, jnp.broadcast_to(A[:1], (size - rows.shape[0],)
+                                                           + A.shape[1:])])
+        return rows
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for i in range(0, P, b1):
+            n1 = min(b1, P - i)
+            for j in range(i if X2 is None else 0, P2, b2):
+                n2 = min(b2, P2 - j)
+                ph, nk = tile(block(X, i, b1), block(Y, j, b2))
+                ph, nk = np.asarray(ph)[:, :n1, :n2], np.asarray(nk)[:n1, :n2]
+                if X2 is None and j == i:   # exactly symmetric (neural-tangents' is to rounding)
+                    ph, nk = (ph + np.swapaxes(ph, 1, 2)) / 2, (nk + nk.T) / 2
+                phi[:, i:i + n1, j:j + n2], ntk[i:i + n1, j:j + n2] = ph, nk
+                if X2 is None and j != i:
+                    phi[:, j:j + n2, i:i + n1] = np.swapaxes(ph, 1, 2)
+                    ntk[j:j + n2, i:i + n1] = nk.T
+    out = AnalyticKernels(ntk=jnp.asarray(ntk), nngp=jnp.asarray(phi[-1]), phi=jnp.asarray(phi))
+    for name, a in zip(out._fields, out):
+        if not bool(jnp.all(jnp.isfinite(a))):
+            raise ValueError(f"the analytic CNN {name} is not finite ({a.dtype}) for these images "
+                             f"(largest |x| = {float(jnp.max(jnp.abs(X))):.3g}); rescale X "
+                             f"(e.g. per-channel standardisation, as wn.data.images does)")
+    return out
+
+
+def kernel_regression(K, y, K_test, *, ridge=0.0):
+    """Kernel (ridge) regression: the test predictions ``K_test (K + ridge I)^{-1} y``.
+
+    ``K`` (P, P) symmetric PSD training kernel, ``y`` (P,) or (P, O) targets, ``K_test``
+    (P_test, P) the test points' kernel with the training set; returns (P_test,) or
+    (P_test, O), a float64 NumPy array. With ``ridge = 0`` this is the lazy baseline: a
+    linearised network (fixed NTK ``K``) trained to convergence from f0 = 0, the ``t -> inf``
+    limit of :func:`gd_predictor` and :func:`gradient_flow_predictor` (which evaluate finite
+    times only). Solved by a Cholesky factorisation in float64, never an explicit inverse. A
+    ``K + ridge I`` that is singular to working precision (smallest eigenvalue
+    <= P * eps * largest) raises a ValueError that suggests a ridge > 0.
+    """
+    import scipy.linalg  # noqa: PLC0415
+    K = _checks.kernel_matrix(K, "K")
+    P = K.shape[0]
+    y = _checks.real_array(y, "y")
+    if y.ndim not in (1, 2) or y.shape[0] != P or y.size == 0:
+        raise ValueError(f"y must have shape ({P},) or ({P}, O) to match K; got shape {y.shape}")
+    _checks.finite(y, "y")
+    K_test = _checks.real_array(K_test, "K_test")
+    if K_test.ndim != 2 or K_test.shape[1] != P or K_test.shape[0] < 1:
+        raise ValueError(f"K_test must have shape (P_test, {P}); got {K_test.shape}")
+    _checks.finite(K_test, "K_test")
+    ridge = _checks.nonnegative(ridge, "ridge")
+    A = (K + K.T) / 2 + ridge * np.eye(P)
+    lam = np.linalg.eigvalsh(A)
+    if not lam[0] > P * np.finfo(np.float64).eps * max(lam[-1], 0.0):
+        raise ValueError(f"K + ridge I is singular to working precision (eigenvalues "
+                         f"{lam[0]:.3g} .. {lam[-1]:.3g}, ridge={ridge:g}): pass a ridge > 0 "
+                         f"(e.g. 1e-6 times the mean diagonal of K)")
+    try:
+        factor = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"K + ridge I is not positive definite (ridge={ridge:g}): pass a "
+                         f"larger ridge") from None
+    alpha = scipy.linalg.cho_solve(factor, y.astype(np.float64), check_finite=False)
+    return K_test.astype(np.float64) @ alpha
