@@ -133,12 +133,17 @@ def analytic(X, X2=None, *, depth, activation="relu") -> AnalyticKernels:
             k = block(k, get=None)
             phis.append(k.nngp)
         k = readout(k, get=None)
-    out = AnalyticKernels(ntk=k.ntk, nngp=k.nngp, phi=jnp.stack(phis))
+    return _finite_kernels(AnalyticKernels(ntk=k.ntk, nngp=k.nngp, phi=jnp.stack(phis)), X,
+                           "these inputs", "wn.data.normalize")
+
+
+def _finite_kernels(out: AnalyticKernels, X, what: str, fix: str) -> AnalyticKernels:
+    """``out``, or a ValueError naming the first kernel that is not finite."""
     for name, a in zip(out._fields, out):
         if not bool(jnp.all(jnp.isfinite(a))):
-            raise ValueError(f"the analytic {name} overflows {a.dtype} for these inputs "
+            raise ValueError(f"the analytic {name} is not finite ({a.dtype}) for {what} "
                              f"(largest |x| = {float(jnp.max(jnp.abs(X))):.3g}); rescale X "
-                             f"(e.g. wn.data.normalize)")
+                             f"(e.g. {fix})")
     return out
 
 
@@ -551,13 +556,9 @@ def cnn_analytic(X, X2=None, *, depth, activation="relu", batch_size=None) -> An
                 if X2 is None and j != i:
                     phi[:, j:j + n2, i:i + n1] = np.swapaxes(ph, 1, 2)
                     ntk[j:j + n2, i:i + n1] = nk.T
-    out = AnalyticKernels(ntk=jnp.asarray(ntk), nngp=jnp.asarray(phi[-1]), phi=jnp.asarray(phi))
-    for name, a in zip(out._fields, out):
-        if not bool(jnp.all(jnp.isfinite(a))):
-            raise ValueError(f"the analytic CNN {name} is not finite ({a.dtype}) for these images "
-                             f"(largest |x| = {float(jnp.max(jnp.abs(X))):.3g}); rescale X "
-                             f"(e.g. per-channel standardisation, as wn.data.images does)")
-    return out
+    return _finite_kernels(
+        AnalyticKernels(ntk=jnp.asarray(ntk), nngp=jnp.asarray(phi[-1]), phi=jnp.asarray(phi)),
+        X, "these images", "per-channel standardisation, as wn.data.images does")
 
 
 def kernel_regression(K, y, K_test, *, ridge=0.0):
