@@ -19,7 +19,8 @@ gradient descent):
 * deep linear, depth 4, one example: ``propagator(depth=4)`` (the terminating iteration of
   :mod:`widenets.fluctuations.deep`) against the dense action Hessian of tests/_dense_reference.py
   (the whole Hessian of the coupling and one dense solve) at T = 4..10, where that fits, with
-  its growth exponent; ours alone at T = 30 (target < 3 s) and 60.
+  its growth exponent; ours alone at T = 30 (target < 3 s), 60 and 100, with its own growth
+  exponent and the time it would take at T = 300 (target < 60 s), extrapolated.
 
 Each measurement is printed as one JSON line and written to benchmarks/results/fluctuations.jsonl.
 """
@@ -153,8 +154,8 @@ def main():
     # deep linear, depth 4, one example: ours against the dense action Hessian where it fits
     depth, eta_d = 4, 0.05
     T_dense = [4, 6] if args.quick else [4, 6, 8, 10]
-    T_ours = [4, 6] if args.quick else [4, 6, 8, 10, 30, 60]
-    dense_times = {}
+    T_ours = [4, 6] if args.quick else [4, 6, 8, 10, 30, 60, 100]
+    dense_times, our_times = {}, {}
     for T in T_ours:
         run = lambda: wn.fluctuations.propagator(Kx, y, depth=depth, activation="linear",
                                                  gamma0=gamma0, eta=eta_d, steps=T).delta
@@ -162,6 +163,7 @@ def main():
         run()
         first = time.perf_counter() - t0
         t_ours, ours = time_it(run, 1 if T > 30 else 3)
+        our_times[T] = t_ours
         row = dict(case="deep linear, depth 4", T=T, ours_s=round(t_ours, 3),
                    ours_first_call_s=round(first, 2), peak=float(ours.max()))
         if T in T_dense:
@@ -180,6 +182,15 @@ def main():
         record(out, case="dense action Hessian, depth 4: growth", exponent=round(float(slope), 2),
                note="time ~ (T+1)^exponent; the dense matrices have (L (2 (T+1) (P+1))^2)^2 "
                     "entries: 30 GB at T = 30 (the authors' leaner route: 229 s at T = 30)")
+    big = sorted(t for t in our_times if t >= 30)
+    if len(big) >= 2:
+        Ts = np.array(big)
+        slope = np.polyfit(np.log(Ts + 1), np.log([our_times[t] for t in Ts]), 1)[0]
+        est = our_times[big[-1]] * (301 / (big[-1] + 1)) ** slope
+        record(out, case="deep linear propagator, depth 4: growth", exponent=round(float(slope), 2),
+               T300_estimate_s=round(float(est)), target_T300_s=60,
+               note="time ~ (T+1)^exponent over T >= 30 (sweeps ~ t, (n, n) products ~ T^3, "
+                    "outputs ~ T); T = 300 is extrapolated, not run")
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "fluctuations.jsonl", "w") as fh:
         for r in out:
