@@ -90,7 +90,9 @@ def test_draw_nonlinear_without_networks_and_deep_tanh():
     (lambda: widgets.deep_linear_panel(KX, TASK.y, steps=3), {"γ0", "depth L", "η"}, 2),
     (lambda: widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.1, steps=3, samples=16, width=16,
                                      n_seeds=1), {"γ0", "activation", "depth L"}, 3),
-], ids=["feature_learning", "deep_linear", "nonlinear"])
+    (lambda: widgets.cnn_panel(*CNN_TASK, widths=(4, 8), eta=0.05, steps=3, n_seeds=2),
+     {"γ0", "width N", "η"}, 2),
+], ids=["feature_learning", "deep_linear", "nonlinear", "cnn"])
 def test_every_panel_draws_its_figure_from_its_controls(make, names, n_axes):
     import ipywidgets
     plt.close("all")
@@ -105,6 +107,37 @@ def test_every_panel_draws_its_figure_from_its_controls(make, names, n_axes):
     assert all(ax.has_data() for ax in figs[0].axes[:n_axes])
 
 
+_rng = np.random.default_rng(0)
+CNN_TASK = (_rng.normal(size=(8, 4, 4, 1)), np.repeat([1.0, -1.0], 4),
+            _rng.normal(size=(6, 4, 4, 1)), np.repeat([1.0, -1.0], 3))
+
+
+def test_loss_increases_counts_rises_per_run():
+    loss = np.array([[1.0, 0.9, 0.95, 0.8, 0.8005], [1.0, np.nan, 0.5, 0.4, 0.3]])
+    # run 0: one rise of 5% (0.9 -> 0.95; 0.8 -> 0.8005 is within rtol = 1e-3); run 1: both
+    # steps next to the NaN count (nothing is known to have fallen there)
+    assert widgets.loss_increases(loss).tolist() == [1, 2]
+    assert widgets.loss_increases(loss, rtol=1e-4).tolist() == [2, 2]
+
+
+def test_draw_cnn_training_reports_the_ensemble_it_draws():
+    axes = _ax(2)
+    out = widgets.draw_cnn_training(axes, *CNN_TASK, width=8, gamma0=1.0, eta=0.05, steps=4,
+                                    n_seeds=3, key=jax.random.PRNGKey(1))
+    X, y, Xt, yt = CNN_TASK
+    tr = wn.nets.train_cnn(X, y, depth=1, width=8, activation="erf", gamma0=1.0, eta=0.05,
+                           steps=4, key=jax.random.PRNGKey(1), n_seeds=3, X_test=Xt, y_test=yt,
+                           X_probe=X, center=True)
+    f_bar = np.asarray(tr.f_test[:, -1]).mean(0)
+    # the figure's numbers are those of the networks it trained (same key, same ensemble)
+    np.testing.assert_allclose(out["ensemble_test_loss"], 0.5 * np.mean((f_bar - yt) ** 2),
+                               rtol=1e-5)
+    np.testing.assert_allclose(out["test_loss"], float(np.mean(tr.test_loss[:, -1])), rtol=1e-5)
+    assert out["train_loss"] < float(np.mean(tr.loss[:, 0]))      # it trains
+    assert 0 <= out["alignment"] <= 1 and out["increases"] >= 0
+    assert axes[0].has_data() and axes[1].images
+
+
 # ----------------------------------------------------------------------------- bad input
 # Panels are checked before they are built: an error inside a panel's callback is only logged.
 def _ax(n=1):
@@ -116,6 +149,9 @@ LAZY = dict(task=TASK, width=16, depth=1, lr_fraction=0.5, steps=2, n_seeds=1)
 FEATURE = dict(task=TASK, width=16, gamma0=1.0, steps=2)
 DEEP = dict(Kx=KX, y=TASK.y, gamma0=1.0, depth=1, eta=0.1, steps=2)
 NONLIN = dict(X=TASK.X, y=TASK.y, gamma0=1.0, steps=2, samples=16, width=8, n_seeds=1)
+CNN = dict(X=CNN_TASK[0], y=CNN_TASK[1], X_test=CNN_TASK[2], y_test=CNN_TASK[3], width=4,
+           gamma0=1.0, eta=0.05, steps=2, n_seeds=1)
+CNN_PANEL = dict(X=CNN_TASK[0], y=CNN_TASK[1], X_test=CNN_TASK[2], y_test=CNN_TASK[3], eta=0.05)
 NAN_TASK = TASK._replace(X=np.where(np.eye(6, 8) > 0, np.nan, TASK.X))
 
 
@@ -211,6 +247,22 @@ BAD_INPUTS = [
         (r"\bsamples must be an integer >= 2", dict(samples=1)),
         (r"\bwidth must be an integer", dict(width=-1)),
         (r"\bn_seeds must be an integer", dict(n_seeds=True)),
+    )],
+    # draw_cnn_training and its panel
+    *[_bad(widgets.draw_cnn_training, 2, CNN, m, **c) for m, c in (
+        (r"\bX must have shape \(P, H, W, C\)", dict(X=CNN_TASK[0][..., 0])),
+        (r"\by must have shape \(8,\)", dict(y=CNN_TASK[1][:3])),
+        (r"\bX_test must hold images of shape", dict(X_test=CNN_TASK[2][:, :2])),
+        (r"\bwidth must be an integer", dict(width=0)),
+        (r"\bn_probe must be an integer", dict(n_probe=100)),
+        (r"\beta must be", dict(eta=-1.0)),
+    )],
+    _bad(widgets.draw_cnn_training, 1, CNN, r"\baxes must be 2 matplotlib Axes"),
+    *[_bad(widgets.cnn_panel, None, CNN_PANEL, m, **c) for m, c in (
+        (r"\bwidths must", dict(widths=(8,))),
+        (r"\beta must be", dict(eta=0.0)),
+        (r"\bgamma0 must be", dict(gamma0=-1.0)),
+        (r"\by_test must have shape", dict(y_test=CNN_TASK[3][:2])),
     )],
 ]
 

@@ -347,3 +347,134 @@ def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_se
         activation=w.ToggleButtons(options=["relu", "tanh", "erf", "linear"], value="relu",
                                    description="activation"),
         depth=w.IntSlider(value=1, min=1, max=3, description="depth L", continuous_update=False))
+
+
+# ----------------------------------------------------------------------------- CNNs (Chapter 6)
+def _image_task(X, y, X_test, y_test):
+    """Images (P, H, W, C) with targets (P,), and test images of the same shape with targets."""
+    X = nets._images(X, "X")
+    y = _checks.targets(y, X.shape[0], "y")
+    X_test = nets._images(X_test, "X_test", X.shape[1:])
+    y_test = _checks.targets(y_test, X_test.shape[0], "y_test")
+    return X, y, X_test, y_test
+
+
+def loss_increases(loss, rtol=1e-3):
+    """Number of steps at which a training loss rose by more than ``rtol`` (relative), per run:
+    ``loss`` (n_runs, T+1) -> (n_runs,) integers; a non-finite loss counts as a rise."""
+    loss = np.asarray(loss, np.float64)
+    if loss.ndim != 2 or loss.shape[1] < 2:
+        raise ValueError(f"loss must have shape (n_runs, T+1) with T >= 1; got {loss.shape}")
+    with np.errstate(invalid="ignore"):
+        up = ~(loss[:, 1:] <= loss[:, :-1] * (1 + rtol))
+    return up.sum(axis=1)
+
+
+def draw_cnn_training(axes, X, y, X_test, y_test, *, width, gamma0, eta, depth=1,
+                      activation="erf", steps=150, n_seeds=4, key=None, record_every=None,
+                      n_probe=None, batch_size=None):
+    """An ensemble of ``n_seeds`` centred muP CNNs (:func:`widenets.nets.train_cnn`) on two axes.
+
+    Left: training loss (solid) and test loss (dashed) against the step, mean over the seeds
+    with a band of +-1 standard error, and the test loss of the ensemble's averaged prediction
+    at the end (a star). Right: the first seed's final pooled feature kernel Phi(T) on the probe
+    images (the first ``n_probe`` training images, default min(P, 16)), centred (``H Phi H``
+    with ``H = I - 11^T / n``: the part common to all images removed) and shown as correlations
+    ``k_ab / sqrt(k_aa k_bb)``, ordered by target (black lines: the class boundary), so that a
+    kernel aligned with the task shows two blocks. ``record_every``, ``batch_size`` (None: full-batch gradient
+    descent) and the probe images go to ``train_cnn`` (equal settings reuse its compiled
+    trainer). Returns a dict: the final
+    ``train_loss``, ``test_loss``, ``test_acc`` (means over the seeds), ``ensemble_test_loss``,
+    ``alignment`` (target alignment of Phi(T) on the probe images, mean over the seeds) and
+    ``increases``: the number of steps at which the training loss rose by more than 0.1%, mean
+    over the seeds (0 for smooth training; many at the edge of stability).
+    """
+    axes = _axes(axes, 2, "axes")
+    X, y, X_test, y_test = _image_task(X, y, X_test, y_test)
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    n_probe = (min(X.shape[0], 16) if n_probe is None
+               else _checks.positive_int(n_probe, "n_probe", maximum=X.shape[0]))
+    key = _key(key)
+    tr = nets.train_cnn(X, y, depth=depth, width=width, activation=activation, gamma0=gamma0,
+                        eta=eta, steps=steps, key=key, n_seeds=n_seeds, X_test=X_test,
+                        y_test=y_test, record_every=record_every, X_probe=X[:n_probe],
+                        center=True, batch_size=batch_size)
+    t = np.arange(steps + 1)
+    ax_loss, ax_k = axes
+    for curve, style, name in ((tr.loss, "-", "train"), (tr.test_loss, "--", "test")):
+        c = np.asarray(curve, np.float64)
+        m = c.mean(0)
+        s = c.std(0, ddof=1) / np.sqrt(n_seeds) if n_seeds > 1 else np.zeros_like(m)
+        ax_loss.plot(t, m, style, color="C0" if name == "train" else "C1", label=name)
+        ax_loss.fill_between(t, m - s, m + s, color="C0" if name == "train" else "C1",
+                             alpha=0.25, lw=0)
+    f_bar = np.asarray(tr.f_test[:, -1], np.float64).mean(0)
+    y_t = np.asarray(y_test, np.float64)
+    ens = float(0.5 * np.mean((f_bar - y_t) ** 2))
+    ax_loss.plot([steps], [ens], "*", color="C3", ms=10, label="ensemble, test")
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step $t$")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title(f"N={width}, $\\gamma_0$={gamma0:g}, $\\eta$={eta:.3g}: test acc "
+                      f"{float(np.mean(np.asarray(tr.test_acc[:, -1]))):.2f}")
+    ax_loss.legend(fontsize=7)
+    y_p = np.asarray(y, np.float64)[:n_probe]
+    phis = np.asarray(tr.phi[:, -1], np.float64)
+    align = float(np.mean([kernels.target_alignment(k, y_p) for k in phis]))
+    order = np.argsort(y_p, kind="stable")
+    k0 = phis[0][np.ix_(order, order)]
+    k0 = k0 - k0.mean(0) - k0.mean(1)[:, None] + k0.mean()     # centred: H Phi H
+    d = np.sqrt(np.clip(np.diag(k0), 1e-30, None))
+    ax_k.imshow(k0 / np.outer(d, d), cmap="RdBu_r", vmin=-1, vmax=1)
+    edge = int(np.sum(y_p[order] < 0)) - 0.5        # the boundary between the two classes
+    ax_k.axhline(edge, color="k", lw=0.8)
+    ax_k.axvline(edge, color="k", lw=0.8)
+    ax_k.set_title(f"centred $\\Phi(T)$ (seed 1), alignment {align:.2f}", fontsize=9)
+    ax_k.set_xticks([])
+    ax_k.set_yticks([])
+    return {"train_loss": float(np.mean(np.asarray(tr.loss[:, -1]))),
+            "test_loss": float(np.mean(np.asarray(tr.test_loss[:, -1]))),
+            "test_acc": float(np.mean(np.asarray(tr.test_acc[:, -1]))),
+            "ensemble_test_loss": ens, "alignment": align,
+            "increases": float(np.mean(loss_increases(tr.loss)))}
+
+
+def cnn_panel(X, y, X_test, y_test, *, widths=(32, 64, 128), eta, gamma0=1.0, steps=150,
+              n_seeds=4, depth=1, activation="erf", record_every=None, n_probe=None,
+              batch_size=None):
+    """ipywidgets panel (width, gamma0, learning rate) around :func:`draw_cnn_training`.
+
+    ``widths``: at least two distinct widths (the slider starts at the second); ``eta`` and
+    ``gamma0``: the learning rate and richness the sliders start at (eta / 10 .. 10 eta and
+    0.01 .. 3).
+    """
+    import ipywidgets as w
+
+    # a panel's callback only logs its errors: check the arguments before building it
+    X, y, X_test, y_test = _image_task(X, y, X_test, y_test)
+    widths = _slider_widths(widths)
+    eta = _checks.nonnegative(eta, "eta", strict=True)
+    gamma0 = _checks.nonnegative(gamma0, "gamma0", strict=True)
+    steps = _checks.positive_int(steps, "steps")
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    net = nets.make_cnn(X.shape[1:], depth=depth, width=max(widths), activation=activation)
+    n_probe = (min(X.shape[0], 16) if n_probe is None
+               else _checks.positive_int(n_probe, "n_probe", maximum=X.shape[0]))
+    _checks.fits(*nets._cnn_train_bytes(net, X.shape[0], X_test.shape[0], n_probe, steps=steps,
+                                       record_every=steps if record_every is None
+                                       else record_every, n_seeds=n_seeds,
+                                       batch_size=batch_size))
+    log_eta = float(np.log10(eta))
+
+    return _panel(
+        lambda axes, **v: draw_cnn_training(axes, X, y, X_test, y_test, depth=depth,
+                                            activation=activation, steps=steps,
+                                            n_seeds=n_seeds, record_every=record_every,
+                                            n_probe=n_probe, batch_size=batch_size, **v),
+        ncols=2, figsize=(10, 3.8),
+        width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
+                                continuous_update=False),
+        gamma0=w.FloatLogSlider(value=min(max(gamma0, 0.01), 10 ** 0.5), base=10, min=-2,
+                                max=0.5, description="γ0", continuous_update=False),
+        eta=w.FloatLogSlider(value=eta, base=10, min=log_eta - 1, max=log_eta + 1,
+                             description="η", continuous_update=False))
