@@ -60,19 +60,24 @@ MAX_DEPTH = 64
 def make_mlp(D, *, depth, width, activation="relu", parameterization="mup", gamma0=1.0,
              n_out=1) -> MLP:
     """Validated :class:`MLP` (every argument checked; errors name the argument)."""
+    net = MLP(D=_checks.positive_int(D, "D"),
+              **_net_args(depth, width, activation, parameterization, gamma0),
+              n_out=_checks.positive_int(n_out, "n_out"))
+    return _finite_table(net, _scalings)
+
+
+def _net_args(depth, width, activation, parameterization, gamma0) -> dict:
+    """The arguments an MLP and a CNN share, checked (errors name the argument)."""
     depth = _checks.positive_int(depth, "depth")
     if depth > MAX_DEPTH:
         raise ValueError(f"depth must be <= {MAX_DEPTH}; got {depth}: every layer is unrolled into "
                          f"the compiled program, so compile time grows with depth (~40 s at depth "
                          f"{MAX_DEPTH} on a CPU)")
-    net = MLP(D=_checks.positive_int(D, "D"), depth=depth,
-              width=_checks.positive_int(width, "width"),
-              activation=_checks.choice(activation, "activation", ACTIVATIONS),
-              parameterization=_checks.choice(parameterization, "parameterization",
-                                              PARAMETERIZATIONS),
-              gamma0=_checks.nonnegative(gamma0, "gamma0", strict=True),
-              n_out=_checks.positive_int(n_out, "n_out"))
-    return _finite_table(net, _scalings)
+    return dict(depth=depth, width=_checks.positive_int(width, "width"),
+                activation=_checks.choice(activation, "activation", ACTIVATIONS),
+                parameterization=_checks.choice(parameterization, "parameterization",
+                                                PARAMETERIZATIONS),
+                gamma0=_checks.nonnegative(gamma0, "gamma0", strict=True))
 
 
 def _finite_table(net, scalings):
@@ -981,16 +986,8 @@ def make_cnn(image_shape, *, depth, width, activation="relu", parameterization="
             or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
                    for v in shp)):
         raise ValueError(f"image_shape must be (H, W, C), three integers >= 1; got {shp!r}")
-    depth = _checks.positive_int(depth, "depth")
-    if depth > MAX_DEPTH:
-        raise ValueError(f"depth must be <= {MAX_DEPTH}; got {depth}: every layer is unrolled into "
-                         f"the compiled program, so compile time grows with depth")
-    net = CNN(H=int(shp[0]), W=int(shp[1]), C=int(shp[2]), depth=depth,
-              width=_checks.positive_int(width, "width"),
-              activation=_checks.choice(activation, "activation", ACTIVATIONS),
-              parameterization=_checks.choice(parameterization, "parameterization",
-                                              PARAMETERIZATIONS),
-              gamma0=_checks.nonnegative(gamma0, "gamma0", strict=True))
+    net = CNN(H=int(shp[0]), W=int(shp[1]), C=int(shp[2]),
+              **_net_args(depth, width, activation, parameterization, gamma0))
     return _finite_table(net, _cnn_scalings)
 
 
