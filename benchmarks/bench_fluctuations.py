@@ -16,11 +16,12 @@ gradient descent):
   its answer must equal ours to round-off.
 * two-layer tanh, P = 1, T = 100, S = 4000: the Monte-Carlo propagator (influence function by
   reverse mode); target < 10 s.
-* deep linear, depth 4, one example: ``propagator(depth=4)`` (the terminating iteration of
-  :mod:`widenets.fluctuations.deep`) against the dense action Hessian of tests/_dense_reference.py
-  (the whole Hessian of the coupling and one dense solve) at T = 4..10, where that fits, with
-  its growth exponent; ours alone at T = 30 (target < 3 s), 60 and 100, with its own growth
-  exponent and the time it would take at T = 300 (target < 60 s), extrapolated.
+* deep linear, depth 4, one example: ``propagator(depth=4)`` (for one example the Gaussian
+  conditioning of :mod:`widenets.fluctuations.conditioning`) at T = 4..300 (targets: < 3 s at
+  T = 30, < 60 s at T = 300), against the action route (``method="action"``, the terminating
+  iteration of :mod:`widenets.fluctuations.deep`) up to T = 30 and the dense action Hessian of
+  tests/_dense_reference.py (the whole Hessian of the coupling and one dense solve) at T = 4..10,
+  where that fits; with the growth exponent over T >= 30.
 
 Each measurement is printed as one JSON line and written to benchmarks/results/fluctuations.jsonl.
 """
@@ -151,46 +152,48 @@ def main():
     t_mc, res = time_it(run, 3)
     record(out, case="two-layer tanh Monte Carlo", T=T, samples=S, ours_s=round(t_mc, 3),
            ours_first_call_s=round(first, 2), target_s=10, peak=float(res.max()))
-    # deep linear, depth 4, one example: ours against the dense action Hessian where it fits
+    # deep linear, depth 4, one example: ours (the Gaussian-conditioning route, the default for
+    # P = 1) against the action route of the previous release (the terminating iteration) and,
+    # where it fits, the dense action Hessian
     depth, eta_d = 4, 0.05
     T_dense = [4, 6] if args.quick else [4, 6, 8, 10]
-    T_ours = [4, 6] if args.quick else [4, 6, 8, 10, 30, 60, 100]
-    dense_times, our_times = {}, {}
+    T_action = [4, 6] if args.quick else [4, 6, 8, 10, 30]
+    T_ours = [4, 6] if args.quick else [4, 6, 8, 10, 30, 100, 300]
+    our_times = {}
     for T in T_ours:
-        run = lambda: wn.fluctuations.propagator(Kx, y, depth=depth, activation="linear",
-                                                 gamma0=gamma0, eta=eta_d, steps=T).delta
+        prop = lambda method=None: wn.fluctuations.propagator(
+            Kx, y, depth=depth, activation="linear", gamma0=gamma0, eta=eta_d, steps=T,
+            method=method)
         t0 = time.perf_counter()
-        run()
+        prop()
         first = time.perf_counter() - t0
-        t_ours, ours = time_it(run, 1 if T > 30 else 3)
+        t_ours, ours = time_it(lambda: prop().delta, 3)
         our_times[T] = t_ours
         row = dict(case="deep linear, depth 4", T=T, ours_s=round(t_ours, 3),
                    ours_first_call_s=round(first, 2), peak=float(ours.max()))
+        if T in T_action:
+            prop("action")                                                # compile
+            t_act, act = time_it(lambda: prop("action").delta, 1)
+            row.update(action_s=round(t_act, 3), ratio_action=round(t_act / t_ours, 1),
+                       max_rel_diff_action=float(np.max(np.abs(act - ours)) / np.max(act)))
         if T in T_dense:
             run_d = lambda: dense_deep(Kx, y, gamma0, eta_d, depth, T)[0]
             run_d()                                                        # compile
             t_dense, dense = time_it(run_d, 1)
-            dense_times[T] = t_dense
-            row.update(dense_s=round(t_dense, 3), ratio=round(t_dense / t_ours, 2),
+            row.update(dense_s=round(t_dense, 3), ratio=round(t_dense / t_ours, 1),
                        max_abs_diff=float(np.max(np.abs(dense - np.asarray(ours)))))
         if T == 30:
             row["target_s"] = 3
+        if T == 300:
+            row["target_s"] = 60
         record(out, **row)
-    if len(dense_times) >= 2:
-        Ts = np.array(sorted(dense_times))
-        slope = np.polyfit(np.log(Ts + 1), np.log([dense_times[t] for t in Ts]), 1)[0]
-        record(out, case="dense action Hessian, depth 4: growth", exponent=round(float(slope), 2),
-               note="time ~ (T+1)^exponent; the dense matrices have (L (2 (T+1) (P+1))^2)^2 "
-                    "entries: 30 GB at T = 30 (the authors' leaner route: 229 s at T = 30)")
     big = sorted(t for t in our_times if t >= 30)
     if len(big) >= 2:
         Ts = np.array(big)
         slope = np.polyfit(np.log(Ts + 1), np.log([our_times[t] for t in Ts]), 1)[0]
-        est = our_times[big[-1]] * (301 / (big[-1] + 1)) ** slope
         record(out, case="deep linear propagator, depth 4: growth", exponent=round(float(slope), 2),
-               T300_estimate_s=round(float(est)), target_T300_s=60,
-               note="time ~ (T+1)^exponent over T >= 30 (sweeps ~ t, (n, n) products ~ T^3, "
-                    "outputs ~ T); T = 300 is extrapolated, not run")
+               note="time ~ (T+1)^exponent over T >= 30 (outputs ~ T, each a reverse pass of "
+                    "~T steps over arrays sized by the directions the run creates, ~20 here)")
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "fluctuations.jsonl", "w") as fh:
         for r in out:

@@ -172,9 +172,14 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     steps = _checks.positive_int(steps, "steps")
     _checks.choice(update, "update", ("exact", "euler"))
     if method is not None:
-        _checks.choice(method, "method", ("action",))
+        _checks.choice(method, "method", ("action", "conditioning"))
     dt = jnp.float64 if _checks._x64() else jnp.float32
-    if depth != 1 or method == "action":
+    if method == "conditioning" and (depth < 2 or P != 1 or update != "exact"
+                                     or activation != "linear"):
+        raise ValueError("method='conditioning' is for deep (depth >= 2) linear networks on one "
+                         "example (P = 1) with update='exact'; got "
+                         f"depth={depth}, P={P}, update={update!r}, activation={activation!r}")
+    if depth != 1 or method is not None:
         if activation != "linear":
             raise ValueError(f"the propagator of deep networks (depth={depth}) is implemented for "
                              "activation='linear' only; nonlinear deep networks are in progress "
@@ -182,6 +187,13 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
         if samples is not None or key is not None:
             raise ValueError("samples and key are for the Monte-Carlo propagator of two-layer "
                              "nonlinear networks; the deep linear propagator is exact")
+        params = dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta, steps=steps,
+                      update=update)
+        if method != "action" and P == 1 and update == "exact":
+            res = _conditioning(Kx, y, gamma0, eta, depth, steps, dt,
+                                _checks.flag(kernels, "kernels"), params)
+            if res is not None:
+                return res
         n = 2 * (steps + 1) * (P + 1)
         outputs = (steps + 1) * (P + P * P + (depth * (P * P + 1) if kernels else 0))
         _checks.fits(8.0 * depth * n * n * (outputs + 8), "steps",
@@ -192,8 +204,7 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
             jnp.asarray(eta, dt), depth, steps, update,
             kernels=_checks.flag(kernels, "kernels"))
         res = _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
-                                 dict(depth=depth, activation=activation, gamma0=gamma0,
-                                      eta=eta, steps=steps, update=update, method="action"))
+                                 dict(params, method="action"))
         if kern is not None:
             res = res._replace(**{k: np.asarray(v, np.float64) for k, v in
                                   zip(("phi", "g", "mean_phi", "mean_g"), kern)})
@@ -240,6 +251,29 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
                               dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
                                    steps=steps, update=update))
+
+
+def _conditioning(Kx, y, gamma0, eta, depth, steps, dt, kernels, params):
+    """The deep linear propagator of one example by Gaussian conditioning of the weight
+    matrices (:mod:`widenets.fluctuations.conditioning`); None when its check fails (then the
+    action route answers)."""
+    from .conditioning import one_example_propagator
+    try:
+        vd, vk, phi, g, outs, _ = one_example_propagator(
+            jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt),
+            jnp.asarray(eta, dt), depth, steps, kernels=kernels)
+    except RuntimeError:
+        return None
+    col = lambda v: np.asarray(v, np.float64)[:, None, None]
+    res = _propagator_result(col(vd), col(vk), np.asarray(outs[:, :1]), col(outs[:, 1]), None,
+                             dict(params, method="conditioning"))
+    if kernels:
+        L = depth
+        res = res._replace(phi=np.asarray(phi, np.float64)[..., None, None],
+                           g=np.asarray(g, np.float64),
+                           mean_phi=np.asarray(outs[:, 2:2 + L].T, np.float64)[..., None, None],
+                           mean_g=np.asarray(outs[:, 2 + L:].T, np.float64))
+    return res
 
 
 def _propagator_result(cov, var_ntk, mean_delta, mean_ntk, stderr, params):
