@@ -3,8 +3,11 @@
 At width N every order parameter q (the error Delta, the NTK K, the kernels Phi^l, G^l) of a
 network fluctuates over initialisations, q ~ q_inf + eps / sqrt(N) with eps Gaussian to leading
 order, so N Var[q] has a finite limit (the "propagator"). This module measures it on ensembles
-of networks and computes it in the lazy limit; the propagator of the rich regime is to come
-(issue 11).
+of networks and computes it: in the lazy limit in closed form, and in the rich regime with
+:func:`propagator` (two-layer linear networks through the Wishart covariance of the sources,
+two-layer tanh / erf networks by Monte Carlo, deep linear networks from the action of
+:mod:`.deep` or, for one example, by the Gaussian conditioning of :mod:`.conditioning`), and
+for online SGD with :func:`online_error`.
 
 * :func:`ensemble`: N Var (and N Cov across examples) of Delta and N Var of the NTK over
   ``n_seeds`` networks of width N, with standard errors.

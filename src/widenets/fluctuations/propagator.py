@@ -160,7 +160,12 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     the Gaussian fluctuations of every layer's second moments around the DMFT,
     N Cov = (I - K H)^{-1} K with K the single-site (Isserlis) covariance and H the Hessian
     of the coupling between layers, applied by a terminating iteration (see
-    :mod:`widenets.fluctuations.deep`). Deep nonlinear networks raise a ValueError for now.
+    :mod:`widenets.fluctuations.deep`). For one example with ``update="exact"`` the default
+    is ``method="conditioning"`` instead (:mod:`widenets.fluctuations.conditioning`): the
+    weight matrices are revealed one query at a time and the network is differentiated with
+    respect to the O(L T^2) independent variables revealed, far faster at large T (depth 4,
+    T = 300 in seconds); the two agree to round-off, and ``params["method"]`` says which
+    answered. Deep nonlinear networks raise a ValueError for now.
     """
     Kx = _checks.kernel_matrix(Kx, "Kx")
     P = Kx.shape[0]
