@@ -232,8 +232,9 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
         if not bool(info["over"]):
             break
         K, R = min(2 * T1 + 1, 2 * K), min(T1, 2 * R)
-    # (with a margin, rounded up so that runs at other gamma0 or eta share the compiled code)
-    up = lambda k: 16 * (k // 16 + 1)
+    # (with a margin, rounded up to a multiple of 8 so that runs at other gamma0 or eta share
+    # the compiled code)
+    up = lambda k: 8 * (k // 8 + 1)
     K = min(2 * T1 + 1, up(int(np.max(np.asarray(info["n"]))) + 4))
     R = min(T1, up(int(max(np.max(np.asarray(info["rq"])), np.max(np.asarray(info["rp"])))) + 4))
     # memory: the scan keeps the state of every step for the reverse pass, and each of the
