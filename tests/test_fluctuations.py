@@ -243,6 +243,7 @@ def test_two_layer_linear_propagator_has_the_lazy_limit():
     (dict(activation="tanh", samples=4, key=0), "samples"),
     (dict(update="flow"), "update"),
     (dict(steps=10**9), "steps"),
+    (dict(depth=2, activation="tanh"), "ensemble"),
 ])
 def test_propagator_bad_input(kwargs, match):
     _, Kx, y = _linear_task()
@@ -501,6 +502,8 @@ def test_conditioning_route_bad_input_and_fallback(monkeypatch):
 
     def failing(*args, **kwargs):
         raise RuntimeError("check failed")
+    with pytest.raises(ValueError, match="steps"):       # refused before anything is allocated
+        fl.propagator(np.eye(1), np.ones(1), depth=4, **dict(kw, steps=10**7))
     monkeypatch.setattr(conditioning, "one_example_propagator", failing)
     with enable_x64():
         pr = fl.propagator(np.eye(1), np.ones(1), depth=2, activation="linear", gamma0=1.0,

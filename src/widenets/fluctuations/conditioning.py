@@ -226,8 +226,10 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
     L, T1 = depth, steps + 1
     # a first pass at infinite width finds how many directions the run creates (the arrays are
     # then sized by that, not by T: each layer's trajectory is numerically low-rank)
-    K, R = min(2 * T1 + 1, 64), min(T1, 32)
+    K, R, M = min(2 * T1 + 1, 64), min(T1, 32), L - 1
+    what = f"this deep linear propagator (depth={L}, steps={T1 - 1})"
     while True:
+        _checks.fits(8.0 * 4 * (T1 * M * (2 * K + 2) + M * K * K + 4 * M * R * K), "steps", what)
         _, info = _forward(kx, yy, gamma0, eta, L=L, T1=T1, K=K, R=R, kernels=kernels)
         if not bool(info["over"]):
             break
@@ -239,14 +241,12 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
     R = min(T1, up(int(max(np.max(np.asarray(info["rq"])), np.max(np.asarray(info["rp"])))) + 4))
     # memory: the scan keeps the state of every step for the reverse pass, and each of the
     # ``chunk`` outputs differentiated together needs a noise-sized and a state-sized array
-    M = L - 1
     state = M * K * K + 4 * M * R * K + 4 * K
     noise = T1 * M * (2 * K + 2)
     n_out = T1 * (2 + (2 * L if kernels else 0))
     chunk = int(max(1, min(n_out, 2 ** 26 // (2 * (noise + state)))))
     _checks.fits(8.0 * (3 * T1 * state + 2 * chunk * (noise + state)), "steps",
-                 f"this deep linear propagator (depth={L}, steps={T1 - 1}: {K} directions per "
-                 "layer)")
+                 f"{what}, with {K} directions per layer,")
     while True:
         var, outs, info = _variances(kx, yy, gamma0, eta, L=L, T1=T1, K=K, R=R,
                                      kernels=kernels, chunk=chunk,

@@ -165,7 +165,7 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     weight matrices are revealed one query at a time and the network is differentiated with
     respect to the O(L T^2) independent variables revealed, far faster at large T (depth 4,
     T = 300 in seconds); the two agree to round-off, and ``params["method"]`` says which
-    answered. Deep nonlinear networks raise a ValueError for now.
+    answered. Deep nonlinear networks raise a ValueError (the reason is in its message).
     """
     Kx = _checks.kernel_matrix(Kx, "Kx")
     P = Kx.shape[0]
@@ -186,9 +186,12 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
                          f"depth={depth}, P={P}, update={update!r}, activation={activation!r}")
     if depth != 1 or method is not None:
         if activation != "linear":
-            raise ValueError(f"the propagator of deep networks (depth={depth}) is implemented for "
-                             "activation='linear' only; nonlinear deep networks are in progress "
-                             "(issue 11)")
+            raise ValueError(
+                f"the propagator of deep networks (depth={depth}) is implemented for "
+                "activation='linear' only: the conditioning route needs a linear forward pass, "
+                "and the action route for a nonlinear one would need Monte-Carlo estimates of "
+                "the four-point moments and responses of every layer's fields at all pairs of "
+                "times; measure deep nonlinear networks with fl.ensemble")
         if samples is not None or key is not None:
             raise ValueError("samples and key are for the Monte-Carlo propagator of two-layer "
                              "nonlinear networks; the deep linear propagator is exact")
