@@ -228,7 +228,7 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
     # then sized by that, not by T: each layer's trajectory is numerically low-rank)
     K, R, M = min(2 * T1 + 1, 64), min(T1, 32), L - 1
     what = f"this deep linear propagator (depth={L}, steps={T1 - 1})"
-    while True:
+    while T1 > 48:              # (short runs skip this pass and its compilation: full size)
         _checks.fits(8.0 * 4 * (T1 * M * (2 * K + 2) + M * K * K + 4 * M * R * K), "steps", what)
         _, info = _forward(kx, yy, gamma0, eta, L=L, T1=T1, K=K, R=R, kernels=kernels)
         if not bool(info["over"]):
@@ -237,8 +237,12 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
     # (with a margin, rounded up to a multiple of 8 so that runs at other gamma0 or eta share
     # the compiled code)
     up = lambda k: 8 * (k // 8 + 1)
-    K = min(2 * T1 + 1, up(int(np.max(np.asarray(info["n"]))) + 4))
-    R = min(T1, up(int(max(np.max(np.asarray(info["rq"])), np.max(np.asarray(info["rp"])))) + 4))
+    if T1 > 48:
+        K = min(2 * T1 + 1, up(int(np.max(np.asarray(info["n"]))) + 4))
+        R = min(T1, up(int(max(np.max(np.asarray(info["rq"])),
+                               np.max(np.asarray(info["rp"])))) + 4))
+    else:
+        K, R = 2 * T1 + 1, T1
     # memory: the scan keeps the state of every step for the reverse pass, and each of the
     # ``chunk`` outputs differentiated together needs a noise-sized and a state-sized array
     state = M * K * K + 4 * M * R * K + 4 * K
