@@ -37,3 +37,23 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", old)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Free every compiled XLA program after each test module.
+
+    Each program XLA compiles for the CPU stays mapped into the process (a few memory mappings
+    per program, dozens for a Monte-Carlo DMFT pass) until its cache entry is dropped, and
+    Linux allows 65530 mappings per process (vm.max_map_count): a single pytest process
+    running the whole suite passed 65000 in tests/test_kernels.py and then crashed with a
+    segmentation fault inside the compiler. Tests share compilations within a module, hardly
+    across modules, so clearing JAX's caches between modules costs little and keeps every
+    worker far below the limit.
+    """
+    yield
+    import gc
+
+    import jax
+    jax.clear_caches()
+    gc.collect()

@@ -266,6 +266,33 @@ def test_abc_exponents_match_yang_and_hu():
     assert nets.abc_exponents("standard")["b"] == (0.0, 0.5, 0.5)
 
 
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_one_compiled_trainer_serves_every_parameterisation_and_gamma0(depth):
+    """The multipliers, init stds and learning rate are arguments of the compiled trainer (a
+    compilation costs ~1 s on a CPU, often more than the training): networks of one shape share
+    it whatever their parameterisation and gamma0. Each run is still its own network: its
+    weights after two steps equal plain gradient descent on ``nets.apply`` (the scalings as
+    constants) from ``init_params``, to float32 round-off."""
+    kw = dict(depth=depth, width=24, activation="relu", eta=0.05, steps=2, key=3, n_seeds=2)
+    settings = [(p, g) for p in PARAMETERIZATIONS for g in (0.5, 2.0)]
+    before = len(nets._TRAINERS)
+    runs = [nets.train_mlp(X, Y, parameterization=p, gamma0=g, **kw) for p, g in settings]
+    assert len(nets._TRAINERS) == before + 1
+    for (p, g), tr in zip(settings, runs):
+        net = nets.make_mlp(D, depth=depth, width=24, activation="relu", parameterization=p,
+                            gamma0=g)
+        lr = kw["eta"] * nets.scalings(net).ntk_scale
+        loss = lambda w: 0.5 * jnp.mean((nets.apply(net, w, X)[:, 0] - Y) ** 2)
+        for s, k in enumerate(jax.random.split(jax.random.PRNGKey(3), 2)):
+            w = nets.init_params(net, k)
+            for _ in range(2):
+                w = [a - lr * b for a, b in zip(w, jax.grad(loss)(w))]
+            for a, b in zip(w, tr.params):
+                np.testing.assert_allclose(b[s], a, rtol=1e-4, atol=1e-5 * float(jnp.abs(a).max()),
+                                           err_msg=f"{p}, gamma0={g}, seed {s}")
+
+
 # ----------------------------------------------------------------------------- randomness
 def test_fixed_key_reproduces_the_trajectory_exactly():
     a = nets.train_mlp(X, Y, eta=0.3, key=jax.random.PRNGKey(9), X_test=X_TEST, **BASE)

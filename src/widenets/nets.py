@@ -208,6 +208,31 @@ def _scalings(net: MLP) -> Scalings:
                   net.gamma0)
 
 
+# The compiled programs (trainers, coordinate checks, initial kernels) take the multipliers, the
+# initial standard deviations and the learning-rate scale as arguments instead of constants, so
+# that networks that differ only in their parameterisation or gamma0 share one compilation (a
+# sweep over gamma0 compiles once, not once per value). Compiling costs ~1 s per program on a
+# CPU, often more than running it.
+def _scalings_args(sc: Scalings, dtype) -> tuple:
+    """``sc``'s numbers as arrays of ``dtype``: the arguments of a compiled program."""
+    return (jnp.asarray(sc.multiplier, dtype), jnp.asarray(sc.init_std, dtype),
+            jnp.asarray(sc.ntk_scale, dtype))
+
+
+def _scalings_from(fan_in: tuple, args) -> Scalings:
+    """The :class:`Scalings` (of traced numbers) that :func:`_scalings_args` passed in."""
+    mult, std, ntk_scale = args
+    n = len(fan_in)
+    return Scalings(fan_in, tuple(mult[i] for i in range(n)), tuple(std[i] for i in range(n)),
+                    ntk_scale)
+
+
+def _program_net(net):
+    """The part of an MLP or CNN that a compiled program depends on (its shapes and
+    activation): the parameterisation and gamma0 enter through :func:`_scalings_args`."""
+    return net._replace(parameterization="mup", gamma0=1.0)
+
+
 def _table(parameterization: str, fan_in: tuple, N: int, g0: float) -> Scalings:
     """The multiplier table of the module docstring for layers of fan-ins ``fan_in`` (the last
     entry the readout's, N); shared by the MLP and the CNN (whose convolutions have fan-in
@@ -280,6 +305,31 @@ def _init_params(net: MLP, key) -> list:
     return _gaussian_layers(_param_shapes(net), _scalings(net).init_std, key)
 
 
+_NORMALS: dict = {}
+
+
+def _unit_normals(shapes, keys) -> list:
+    """``_gaussian_layers(shapes, 1, k)`` for every key k of ``keys`` (S, 2): arrays (S, *shape).
+
+    One compiled program per list of shapes, shared by every parameterisation, gamma0 and
+    training setting: drawing the weights (threefry) is the most expensive part of a trainer to
+    compile (~1 s on a CPU). A network's weights are these times its init stds (the same
+    numbers as :func:`_init_params`).
+    """
+    shapes = tuple(tuple(int(n) for n in shp) for shp in shapes)
+    if shapes not in _NORMALS:
+        ones = (1.0,) * len(shapes)
+        # lax.map, not vmap: the same numbers, and a batched threefry takes ~2x longer to compile
+        _NORMALS[shapes] = jax.jit(lambda ks: jax.lax.map(
+            lambda k: _gaussian_layers(shapes, ones, k), ks))
+    return _NORMALS[shapes](keys)
+
+
+def _scaled(sc: Scalings, unit: list) -> list:
+    """Weights from unit normals: layer l times its init std."""
+    return [s * w for s, w in zip(sc.init_std, unit)]
+
+
 def forward(net: MLP, params, X, eps=None):
     """Pre-activations and output: ``(hs, f)`` with ``hs[l-1] = h^l`` of shape (P, N), ``f`` (P, n_out).
 
@@ -303,10 +353,23 @@ def forward(net: MLP, params, X, eps=None):
     return _finite_or_warn(_forward(net, params, X, eps), "forward", net, X)
 
 
-def _forward(net: MLP, params, X, eps=None):
-    sc = _scalings(net)
+def _dense(a, W):
+    """``a @ W.T`` for activations ``a`` (P, fan_in) and weights ``W`` (N, fan_in).
+
+    XLA's CPU runtime (jax 0.5) multiplies a skinny matrix by a transposed large one ~10x more
+    slowly than the large one by the skinny one (width 1024, P = 32: 7.5 ms against 0.6 ms), and
+    it rewrites ``(W @ a.T).T`` back into the slow form. The optimization barrier keeps the
+    product as ``W @ a.T`` and transposes its small (N, P) result instead; the backward pass's
+    products (``dh @ W``, ``dh.T @ a``) are already of the fast kind. This made a width-1024
+    training step 4-5x faster; at small widths it makes no difference.
+    """
+    return jax.lax.optimization_barrier(W @ a.T).T
+
+
+def _forward(net: MLP, params, X, eps=None, sc=None):
+    sc = _scalings(net) if sc is None else sc
     phi = activation_fn(net.activation)
-    h = sc.multiplier[0] * X @ params[0].T
+    h = sc.multiplier[0] * _dense(X, params[0])
     hs = []
     for l in range(net.depth):
         if eps is not None:
@@ -314,7 +377,7 @@ def _forward(net: MLP, params, X, eps=None):
         hs.append(h)
         a = phi(h)
         if l < net.depth - 1:
-            h = sc.multiplier[l + 1] * a @ params[l + 1].T
+            h = sc.multiplier[l + 1] * _dense(a, params[l + 1])
     f = sc.multiplier[-1] * phi(hs[-1]) @ params[-1]
     return hs, f
 
@@ -324,8 +387,8 @@ def apply(net: MLP, params, X):
     return forward(net, params, X)[1]
 
 
-def _apply(net: MLP, params, X):
-    return _forward(net, params, X)[1]
+def _apply(net: MLP, params, X, sc=None):
+    return _forward(net, params, X, sc=sc)[1]
 
 
 class Kernels(NamedTuple):
@@ -352,14 +415,14 @@ def kernels(net: MLP, params, X) -> Kernels:
     return _finite_or_warn(_kernels(net, params, X), "kernels", net, X)
 
 
-def _kernels(net: MLP, params, X) -> Kernels:
-    sc = _scalings(net)
+def _kernels(net: MLP, params, X, sc=None) -> Kernels:
+    sc = _scalings(net) if sc is None else sc
     phi_fn = activation_fn(net.activation)
     P, N = X.shape[0], net.width
     zeros = [jnp.zeros((P, N), X.dtype) for _ in range(net.depth)]
 
     def out(eps):
-        hs, f = _forward(net, params, X, eps)
+        hs, f = _forward(net, params, X, eps, sc)
         return jnp.sum(f), hs
 
     dfdh, hs = jax.grad(out, has_aux=True)(zeros)          # dfdh[l-1] = df/dh^l, (P, N)
@@ -418,10 +481,17 @@ def init_kernels(net: MLP, X, key, n_seeds: int = 1) -> Kernels:
                  f"the kernels of {n_seeds} networks of width {net.width} (all seeds at once)")
     _check_scales(net, X, 0.0, center=False)
     keys = jax.random.split(key, n_seeds)
-    if net not in _INIT_KERNELS:      # one compilation per network (and input shape)
-        _INIT_KERNELS[net] = jax.jit(jax.vmap(lambda k, x: _kernels(net, _init_params(net, k), x),
-                                              in_axes=(0, None)))
-    out = _INIT_KERNELS[net](keys, X)
+    prog = _program_net(net)
+    if prog not in _INIT_KERNELS:      # one compilation per network shape (and input shape)
+        fan_in = _scalings(prog).fan_in
+
+        def one(unit, x, sca):
+            sc = _scalings_from(fan_in, sca)
+            return _kernels(prog, _scaled(sc, unit), x, sc)
+
+        _INIT_KERNELS[prog] = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+    out = _INIT_KERNELS[prog](_unit_normals(_param_shapes(net), keys), X,
+                              _scalings_args(_scalings(net), X.dtype))
     return _finite_or_warn(out, "init_kernels", net, X)
 
 
@@ -498,11 +568,12 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
                               n_seeds=n_seeds))
     _check_scales(net, X, eta, center)
     keys = jax.random.split(key, n_seeds)
-    run = _trainer(net, steps, record_every, X_test is not None, center)
+    run = _trainer(_program_net(net), steps, record_every, X_test is not None, center)
     with np.errstate(over="ignore", invalid="ignore"):
-        out = run(keys, X, y,
+        out = run(_unit_normals(_param_shapes(net), keys), X, y,
                   X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
-                  jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype))
+                  jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype),
+                  _scalings_args(_scalings(net), X.dtype))
     loss, delta, f_test, ntk, phi, g, params = out
     times = np.arange(0, steps + 1, record_every)
     _warn_if_not_finite(net, X, eta, loss, delta, f_test if X_test is not None else None,
@@ -642,21 +713,26 @@ _TRAINERS: dict = {}
 def _trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: bool):
     """A jitted, vmapped (over seeds) trainer; cached per static configuration.
 
-    The learning rate is a traced argument, so sweeps over it reuse one compilation.
+    ``net`` is a :func:`_program_net`: the learning rate and the scalings (parameterisation,
+    gamma0) are traced arguments, so sweeps over them reuse one compilation. The trainer takes
+    the seeds' unit-normal weights (:func:`_unit_normals`; donated: they become the returned
+    final weights' buffers).
     """
     cache_key = (net, steps, record_every, with_test, center)
     if cache_key in _TRAINERS:
         return _TRAINERS[cache_key]
     n_chunks = steps // record_every
+    fan_in = _scalings(net).fan_in
 
-    def one_seed(key, X, y, X_test, lr):
-        params = _init_params(net, key)
+    def one_seed(unit, X, y, X_test, lr, sca):
+        sc = _scalings_from(fan_in, sca)
+        params = _scaled(sc, unit)
         # centring subtracts the output at initialisation (the DMFT's f(0) = 0)
-        f_init = _apply(net, params, X)[:, 0] if center else jnp.zeros(X.shape[0], X.dtype)
-        ft_init = _apply(net, params, X_test)[:, 0] if center and with_test else 0.0
+        f_init = _apply(net, params, X, sc)[:, 0] if center else jnp.zeros(X.shape[0], X.dtype)
+        ft_init = _apply(net, params, X_test, sc)[:, 0] if center and with_test else 0.0
 
         def out(p, x, f0):
-            return _apply(net, p, x)[:, 0] - f0
+            return _apply(net, p, x, sc)[:, 0] - f0
 
         def loss_fn(p):
             f = out(p, X, f_init)
@@ -669,12 +745,12 @@ def _trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: b
             return p, (loss, y - f, ft)
 
         def chunk(p, _):
-            k = _kernels(net, p, X)
+            k = _kernels(net, p, X, sc)
             p, rec = jax.lax.scan(step, p, None, length=record_every)
             return p, (k, rec)
 
         params, (ks, (loss, delta, ft)) = jax.lax.scan(chunk, params, None, length=n_chunks)
-        k_end = _kernels(net, params, X)
+        k_end = _kernels(net, params, X, sc)
         f_end = out(params, X, f_init)
         ft_end = out(params, X_test, ft_init) if with_test else jnp.zeros((0,), X.dtype)
         flat = lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
@@ -686,7 +762,8 @@ def _trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: b
         g = jnp.concatenate([ks.g, k_end.g[None]]).transpose(1, 0, 2, 3)
         return loss, delta, ft, ntk, phi, g, params
 
-    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None)))
+    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None, None)),
+                  donate_argnums=0)
     _TRAINERS[cache_key] = run
     return run
 
@@ -737,7 +814,8 @@ def coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", g
     for net in nets_:
         lr = jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype)
         run = _coord_runner(net, steps)
-        hs0, dhs, dfs = run(jax.random.split(key, n_seeds), X, y, lr)
+        unit = _unit_normals(_param_shapes(net), jax.random.split(key, n_seeds))
+        hs0, dhs, dfs = run(unit, X, y, lr, _scalings_args(_scalings(net), X.dtype))
         h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
         dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
         df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))
@@ -759,35 +837,46 @@ _COORD: dict = {}
 
 
 def _coord_runner(net, steps: int):
-    """The jitted, seed-vmapped coordinate check of an MLP or a CNN (the same steps for both)."""
+    """The jitted, seed-vmapped coordinate check of an MLP or a CNN (the same steps for both).
+
+    Its arguments: per seed the MLP's unit-normal weights (:func:`_unit_normals`) or the CNN's
+    key; the inputs, targets and learning rate; :func:`_scalings_args`. Cached per
+    :func:`_program_net`, so the three parameterisations share one compilation per width."""
+    net = _program_net(net)
     if (net, steps) in _COORD:
         return _COORD[net, steps]
     if isinstance(net, CNN):
-        init = lambda key: _cnn_init_params(net, jax.random.split(key)[0])  # seed s of train_cnn
-        forward = lambda p, X: (lambda r: (r[0], r[2]))(_cnn_forward(net, p, X))
-        output = lambda p, X: _cnn_apply(net, p, X)
+        shapes = _cnn_param_shapes(net)
+        fan_in = _cnn_scalings(net).fan_in
+        ones = (1.0,) * len(shapes)
+        init = lambda key, sc: _scaled(sc, _gaussian_layers(  # seed s of train_cnn
+            shapes, ones, jax.random.split(key)[0]))
+        forward = lambda p, X, sc: (lambda r: (r[0], r[2]))(_cnn_forward(net, p, X, sc))
+        output = lambda p, X, sc: _cnn_apply(net, p, X, sc)
     else:
-        init = lambda key: _init_params(net, key)
-        forward = lambda p, X: _forward(net, p, X)
-        output = lambda p, X: _apply(net, p, X)[:, 0]
+        fan_in = _scalings(net).fan_in
+        init = lambda unit, sc: _scaled(sc, unit)
+        forward = lambda p, X, sc: _forward(net, p, X, sc=sc)
+        output = lambda p, X, sc: _apply(net, p, X, sc)[:, 0]
 
-    def one_seed(key, X, y, lr):
-        params = init(key)
-        hs0, f0 = forward(params, X)
+    def one_seed(key, X, y, lr, sca):
+        sc = _scalings_from(fan_in, sca)
+        params = init(key, sc)
+        hs0, f0 = forward(params, X, sc)
 
         def loss_fn(p):
-            return 0.5 * jnp.mean((output(p, X) - y) ** 2)
+            return 0.5 * jnp.mean((output(p, X, sc) - y) ** 2)
 
         def step(p, _):
             p = jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, jax.grad(loss_fn)(p))
-            hs, f = forward(p, X)
+            hs, f = forward(p, X, sc)
             dh = jnp.stack([jnp.mean((h - h0) ** 2) for h, h0 in zip(hs, hs0)])
             return p, (dh, jnp.mean((f - f0) ** 2))
 
         _, (dh, df) = jax.lax.scan(step, params, None, length=steps)
         return jnp.stack([jnp.mean(h ** 2) for h in hs0]), dh, df
 
-    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None)))
+    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None)))
     _COORD[net, steps] = run
     return run
 
@@ -1059,10 +1148,10 @@ def _conv(x, w):
     return patches @ w.reshape(-1, w.shape[-1])
 
 
-def _cnn_forward(net: CNN, params, X):
+def _cnn_forward(net: CNN, params, X, sc=None):
     """``(hs, features, f)``: pre-activations h^l (P, H, W, N), pooled last-layer features
     pool(phi(h^L)) (P, N) and the output f (P,)."""
-    sc = _cnn_scalings(net)
+    sc = _cnn_scalings(net) if sc is None else sc
     phi = activation_fn(net.activation)
     h = sc.multiplier[0] * _conv(X, params[0])
     hs = [h]
@@ -1073,8 +1162,8 @@ def _cnn_forward(net: CNN, params, X):
     return hs, feats, sc.multiplier[-1] * feats @ params[-1].astype(X.dtype)
 
 
-def _cnn_apply(net: CNN, params, X):
-    return _cnn_forward(net, params, X)[2]
+def _cnn_apply(net: CNN, params, X, sc=None):
+    return _cnn_forward(net, params, X, sc)[2]
 
 
 def _images(X, argname: str, shape=None):
@@ -1109,16 +1198,16 @@ class CNNKernels(NamedTuple):
     phi: jax.Array   # (P, P): pooled last-layer features, pool(phi(h^L)) . pool(phi(h^L))' / N
 
 
-def _cnn_kernels(net: CNN, params, X) -> CNNKernels:
+def _cnn_kernels(net: CNN, params, X, sc=None) -> CNNKernels:
     """The NTK from the explicit Jacobian of the outputs (for a scalar output the pNTK of
     Mohamadi et al. is the NTK itself) and the pooled feature kernel of the last layer.
 
     The Jacobian is taken one image at a time (vmapped): ``jacrev`` of the batched forward pass
     would send each of the P cotangents back through all P images, O(P^2) image passes
     (measured 20-110x slower at P = 64, benchmarks/bench_cnn.py)."""
-    sc = _cnn_scalings(net)
-    feats = _cnn_forward(net, params, X)[1]
-    J = jax.vmap(lambda x: jax.jacrev(lambda p: _cnn_apply(net, p, x[None])[0])(params))(X)
+    sc = _cnn_scalings(net) if sc is None else sc
+    feats = _cnn_forward(net, params, X, sc)[1]
+    J = jax.vmap(lambda x: jax.jacrev(lambda p: _cnn_apply(net, p, x[None], sc)[0])(params))(X)
     J = jnp.concatenate([j.reshape(X.shape[0], -1) for j in J], axis=1)
     return CNNKernels(sc.ntk_scale * J @ J.T, feats @ feats.T / net.width)
 
@@ -1158,11 +1247,17 @@ def cnn_init_kernels(net: CNN, X, key, n_seeds: int = 1) -> CNNKernels:
     _checks.fits(need, "the number of rows of X, width" + (" or n_seeds" if n_seeds > 1 else ""),
                  f"the kernels of {X.shape[0]} images for {n_seeds} CNN(s) of width {net.width} "
                  f"({cnn_n_params(net):,} weights each; the Jacobian is P x n_params per seed)")
-    if net not in _CNN_INIT_KERNELS:
-        def one(k, x):
-            return _cnn_kernels(net, _cnn_init_params(net, jax.random.split(k)[0]), x)
-        _CNN_INIT_KERNELS[net] = jax.jit(_over_seeds(one))
-    return _CNN_INIT_KERNELS[net](jax.random.split(key, n_seeds), X)
+    prog = _program_net(net)
+    if prog not in _CNN_INIT_KERNELS:   # one compilation per network shape (and image shape)
+        shapes, fan_in = _cnn_param_shapes(prog), _cnn_scalings(prog).fan_in
+
+        def one(k, x, sca):
+            sc = _scalings_from(fan_in, sca)
+            unit = _gaussian_layers(shapes, (1.0,) * len(shapes), jax.random.split(k)[0])
+            return _cnn_kernels(prog, _scaled(sc, unit), x, sc)
+        _CNN_INIT_KERNELS[prog] = jax.jit(_over_seeds(one))
+    return _CNN_INIT_KERNELS[prog](jax.random.split(key, n_seeds), X,
+                                   _scalings_args(_cnn_scalings(net), X.dtype))
 
 
 _CNN_INIT_KERNELS: dict = {}
@@ -1290,14 +1385,14 @@ def train_cnn(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
         raise ValueError(f"the weights' learning rate eta * ntk_scale = {lr:.3g} overflows "
                          f"{np.dtype(X.dtype).name}: gamma0={net.gamma0:g} or eta={eta:g} is too "
                          f"large")
-    run = _cnn_trainer(net, steps, record_every, batch_size, X_test is not None,
+    run = _cnn_trainer(_program_net(net), steps, record_every, batch_size, X_test is not None,
                        y_test is not None, center)
     keys = jax.random.split(key, n_seeds)
     dummy = jnp.zeros((1,) + X.shape[1:], X.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         out = run(keys, X, y, X_test if X_test is not None else dummy,
                   y_test if y_test is not None else jnp.zeros((1,), X.dtype), X_probe,
-                  jnp.asarray(lr, X.dtype))
+                  jnp.asarray(lr, X.dtype), _scalings_args(_cnn_scalings(net), X.dtype))
     loss, delta, tl, acc, ft, ntk, phi, params = out
     if not bool(jnp.all(jnp.isfinite(loss))):
         import warnings
@@ -1343,21 +1438,25 @@ _CNN_TRAINERS: dict = {}
 
 def _cnn_trainer(net: CNN, steps: int, record_every: int, batch_size, with_test: bool,
                  with_y_test: bool, center: bool):
-    """A jitted, vmapped (over seeds) CNN trainer; cached per static configuration."""
+    """A jitted, vmapped (over seeds) CNN trainer; cached per static configuration (``net`` a
+    :func:`_program_net`: the learning rate and the scalings are traced arguments)."""
     cache_key = (net, steps, record_every, batch_size, with_test, with_y_test, center)
     if cache_key in _CNN_TRAINERS:
         return _CNN_TRAINERS[cache_key]
     n_chunks = steps // record_every
+    shapes = _cnn_param_shapes(net)
+    fan_in = _cnn_scalings(net).fan_in
 
-    def one_seed(key, X, y, X_test, y_test, X_probe, lr):
+    def one_seed(key, X, y, X_test, y_test, X_probe, lr, sca):
+        sc = _scalings_from(fan_in, sca)
         k_init, k_data = jax.random.split(key)
         P = X.shape[0]
-        params = _cnn_init_params(net, k_init)
-        f_init = _cnn_apply(net, params, X) if center else jnp.zeros(P, X.dtype)
-        ft_init = _cnn_apply(net, params, X_test) if center and with_test else 0.0
+        params = _scaled(sc, _gaussian_layers(shapes, (1.0,) * len(shapes), k_init))
+        f_init = _cnn_apply(net, params, X, sc) if center else jnp.zeros(P, X.dtype)
+        ft_init = _cnn_apply(net, params, X_test, sc) if center and with_test else 0.0
 
         def out(p, x, f0):
-            return _cnn_apply(net, p, x) - f0
+            return _cnn_apply(net, p, x, sc) - f0
 
         def test_out(p):
             return out(p, X_test, ft_init) if with_test else jnp.zeros((0,), X.dtype)
@@ -1391,7 +1490,7 @@ def _cnn_trainer(net: CNN, steps: int, record_every: int, batch_size, with_test:
             return p, (loss, y - f, tl, acc)
 
         def chunk(p, t0):
-            k = _cnn_kernels(net, p, X_probe)
+            k = _cnn_kernels(net, p, X_probe, sc)
             ft = test_out(p)
             ft = jnp.where(t0 == 0, 0.0, ft) if center else ft
             p, rec = jax.lax.scan(step, p, t0 + jnp.arange(record_every))
@@ -1399,7 +1498,7 @@ def _cnn_trainer(net: CNN, steps: int, record_every: int, batch_size, with_test:
 
         params, (ks, ft, (loss, delta, tl, acc)) = jax.lax.scan(
             chunk, params, jnp.arange(n_chunks) * record_every)
-        k_end = _cnn_kernels(net, params, X_probe)
+        k_end = _cnn_kernels(net, params, X_probe, sc)
         loss_end, f_end = full_loss(params)
         ft_end = test_out(params)
         tl_end, acc_end = test_rec(ft_end) if with_y_test else test_rec(None)
@@ -1442,7 +1541,8 @@ def cnn_coord_check(X, y, *, widths, parameterization, depth=2, activation="relu
     h_size, dh_size, df_size = [], [], []
     for net in nets_:
         lr = jnp.asarray(eta * _cnn_scalings(net).ntk_scale, X.dtype)
-        hs0, dhs, dfs = _coord_runner(net, steps)(jax.random.split(key, n_seeds), X, y, lr)
+        hs0, dhs, dfs = _coord_runner(net, steps)(jax.random.split(key, n_seeds), X, y, lr,
+                                                  _scalings_args(_cnn_scalings(net), X.dtype))
         h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
         dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
         df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))
