@@ -1,5 +1,7 @@
 # Two commands for a fresh machine (both work offline once the packages are installed):
-#   make book   set up .venv, execute every chapter at the `cpu` preset, build _build/html
+#   make book   set up .venv, execute every chapter at the `cpu` preset (two at a time, with
+#               progress lines; cached in _build/chapters/: a rebuild executes only what
+#               changed), build _build/html
 #   make test   set up .venv; unit tests and every chapter executed once (`ci` preset), side by
 #               side under pytest-xdist; the strict book build rendering those executed
 #               chapters; then the built book checked, in headless Chromium when installed
@@ -9,8 +11,9 @@ PY      := $(VENV)/bin/python
 JB      := $(VENV)/bin/jupyter-book
 JBFLAGS := -W -n --keep-going
 JOBS    ?= 2
-# make test: the chapters' executed copies (rendered by the build instead of executing again)
-EXECUTED := _build/executed
+# make test: the chapters' executed copies (rendered by the build instead of executing again;
+# stamped like make book's cache, so `WIDENETS_PRESET=ci make book` afterwards reuses them)
+EXECUTED := _build/chapters/ci
 CI_ENV  := WIDENETS_PRESET=ci JAX_PLATFORMS=cpu
 # make test runs two pytest-xdist workers (and the chapters' kernels) side by side: each worker
 # gets a core of its own (tests/conftest.py), so that XLA's thread pools do not fight over the
@@ -32,10 +35,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
-# the same as `jupyter-book build . -W -n --keep-going`, with nbclient's Output-widget support
-# off (it can lose a live-panel cell's reply; scripts/nbexec.py)
+# the same as `jupyter-book build . -W -n --keep-going`, with the chapters executed by
+# scripts/chapters.py (cached; no per-cell timeout, a stall watchdog; progress lines)
 book: install
-	WIDENETS_PRESET=$${WIDENETS_PRESET:-cpu} $(PY) scripts/build_book.py
+	WIDENETS_PRESET=$${WIDENETS_PRESET:-cpu} JOBS=$(JOBS) $(PY) scripts/build_book.py
 
 test: install
 	@$(MAKE) --no-print-directory test-units-and-chapters

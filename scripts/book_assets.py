@@ -18,8 +18,14 @@ been declared` in the reader's browser; identical inline scripts are dropped aft
 to it, and scripts/browser_check.py (run by `make test` after the build) replaces it with the
 screenshots of every page and its findings, so the link never points at an older build's.
 
+4. The `{chapter-runs}` directive (the status page) tabulates how each chapter of this build
+was executed: at which preset, when, in how long, its slowest cell, and whether this build
+executed it or reused the copy of an earlier one (scripts/chapters.py's cache). It reads
+`chapter_runs.json`, which scripts/build_book.py writes beside the HTML folder before the
+build; the page holding it is re-read at every build.
+
 Enabled from `_config.yml` under `sphinx: local_extensions`; scripts/browser_check.py checks
-all three in a real browser.
+the first three in a real browser.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import pathlib
 import shutil
 
 from sphinx.errors import ExtensionError
+from sphinx.util.docutils import SphinxDirective
 
 # combined bundles we do not load (each 1-2 MB); everything else in es5/ is copied
 _SKIP = {"mml-chtml.js", "mml-svg.js", "tex-svg.js", "tex-svg-full.js", "tex-mml-svg.js",
@@ -107,7 +114,51 @@ def _dedupe_inline_scripts(app, pagename, templatename, context, doctree) -> Non
     scripts[:] = keep
 
 
+RUNS_FILE = "chapter_runs.json"
+
+
+def _runs_path(app) -> pathlib.Path:
+    return pathlib.Path(app.outdir).parent / RUNS_FILE
+
+
+class ChapterRuns(SphinxDirective):
+    """A table of how each chapter of this build was executed (see the module docstring)."""
+
+    def run(self):
+        self.env.metadata[self.env.docname]["widenets_chapter_runs"] = True
+        path = _runs_path(self.env.app)
+        try:
+            runs = json.loads(path.read_text())
+        except (OSError, ValueError):
+            runs = None
+        if not runs or not runs.get("chapters"):
+            text = ["This build rendered the chapters without executing them "
+                    "(`scripts/build_book.py --execute off`)."]
+        else:
+            how = {"book": "`make book`", "test": "`make test`"}.get(runs.get("by"), "the build")
+            text = [f"Built by {how} on {runs['built_at'].replace('T', ' ')}.", "",
+                    "| chapter | preset | this build | executed on | run time | slowest cell |",
+                    "|---|---|---|---|---|---|"]
+            for r in runs["chapters"]:
+                secs = f"{r['seconds']:.0f} s" if r.get("seconds") is not None else ""
+                slow = (f"cell {r['slowest'][0]}: {r['slowest'][1]:.0f} s"
+                        if r.get("slowest") else "")
+                when = (r.get("executed_at") or "").replace("T", " ")
+                doc = "/" + r["chapter"]
+                text.append(f"| {{doc}}`{doc}` | `{r['preset']}` | "
+                            f"{'reused' if r['reused'] else 'executed'} | {when} | {secs} | "
+                            f"{slow} |")
+        return self.parse_text_to_nodes("\n".join(text))
+
+
+def _always_reread(app, env, added, changed, removed):
+    """The page with the {chapter-runs} table is re-read at every build (its data changes)."""
+    return [doc for doc, meta in env.metadata.items() if meta.get("widenets_chapter_runs")]
+
+
 def setup(app):
+    app.add_directive("chapter-runs", ChapterRuns)
+    app.connect("env-get-outdated", _always_reread)
     app.connect("config-inited", _check)
     app.connect("html-page-context", _dedupe_inline_scripts, priority=900)
     app.connect("build-finished", _copy)

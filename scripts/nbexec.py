@@ -1,7 +1,14 @@
 """Execute one notebook with nbclient, with a watchdog that fails a stalled cell fast.
 
-Used by tests/test_chapters.py (each chapter executed once per `make test`; the book build
-then renders those executed copies) and by scripts/stall_check.py (many executions in a row).
+Used by scripts/build_book.py (`make book`: the chapters not in its cache, two at a time),
+tests/test_chapters.py (each chapter executed once per `make test`; the book build then
+renders those executed copies), benchmarks/profile_chapters.py (per-cell times and XLA
+compilation) and scripts/stall_check.py (many executions in a row).
+
+Slow is not stuck: `make book` runs with no per-cell timeout (`timeout=None`), so that a busy
+machine makes the build slower, never failed; the watchdog below tells a lost message (the
+kernel idle while the client waits) from long work (the kernel busy). With `heartbeat` set, a
+cell that runs longer says so every `heartbeat` seconds through `log`.
 
 A *stall* is a cell during which the kernel sits idle -- its CPU time, with its children's,
 does not advance for `idle` seconds -- although the client is still waiting for the cell's
@@ -61,18 +68,24 @@ class Execution:
     nb: nbformat.NotebookNode
     status: str             # ok | error | timeout | stall | stall-recovered | dead-kernel
     seconds: float
-    message: str            # first lines of the error, "" when ok
+    message: str            # the failing cell (index, first line) and its error, "" when ok
     cell_seconds: dict      # cell index -> seconds
     stalls: list
     kernel_cpu: float | None
+    cell_started: dict = dataclasses.field(default_factory=dict)   # cell index -> time.time()
+    cell_cpu: dict = dataclasses.field(default_factory=dict)   # cell index -> kernel CPU seconds
+    failed_cell: int | None = None      # the cell that raised, timed out or stalled
 
 
 class Watchdog(threading.Thread):
     """Watches the kernel's CPU time while a cell runs; acts after `idle` s without progress."""
 
-    def __init__(self, idle: float, log: Callable[[str], None], poke_wait: float = 60.0):
+    def __init__(self, idle: float, log: Callable[[str], None], poke_wait: float = 60.0,
+                 heartbeat: float | None = None):
         super().__init__(daemon=True)
         self.idle, self.log, self.poke_wait = idle, log, poke_wait
+        self.heartbeat = heartbeat          # seconds between "still running" lines, or None
+        self.describe: Callable[[int], str] = lambda index: f"cell {index}"
         self.client: NotebookClient | None = None
         self.loop: asyncio.AbstractEventLoop | None = None     # the client's event loop
         self.cell_index: int | None = None
@@ -153,18 +166,25 @@ class Watchdog(threading.Thread):
 
     def run(self) -> None:
         key, last_cpu, last_change = None, 0.0, time.monotonic()
+        beats = 0
         while not self.stop.wait(2.0):
             with self.lock:
                 index, started, client = self.cell_index, self.cell_started, self.client
             if index is None or client is None:
                 key = None
                 continue
+            if self.heartbeat and key == (id(client), index, started):
+                running = time.monotonic() - started
+                if running >= (beats + 1) * self.heartbeat:
+                    beats = int(running // self.heartbeat)
+                    self.log(f"{self.describe(index)} still running after {running:.0f} s")
             cpu = self.kernel_cpu()
             now = time.monotonic()
             if cpu is None:
                 continue
             if key != (id(client), index, started):        # a new cell: count afresh
                 key, last_cpu, last_change = (id(client), index, started), cpu, now
+                beats = 0
                 continue
             if abs(cpu - last_cpu) > 0.05:
                 last_cpu, last_change = cpu, now
@@ -202,23 +222,47 @@ def _first_line(src: str) -> str:
     return lines[0][:100] if lines else ""
 
 
-def execute(path, *, timeout: int, idle: float, watchdog: Watchdog | None = None,
-            log: Callable[[str], None] = print, cwd=None) -> Execution:
-    """Execute the notebook at `path` (in its folder, or `cwd`); never raises on cell errors."""
+def execute(path, *, timeout: int | None, idle: float, watchdog: Watchdog | None = None,
+            log: Callable[[str], None] = print, cwd=None, prelude: str | None = None,
+            heartbeat: float | None = None, name: str | None = None,
+            on_cell_done: Callable[[int, float, str], None] | None = None) -> Execution:
+    """Execute the notebook at `path` (in its folder, or `cwd`); never raises on cell errors.
+
+    `timeout`: seconds per cell, or None for none (the watchdog still catches a lost message).
+    `prelude`: code run in the kernel before the first cell (not kept in the returned notebook;
+    benchmarks/profile_chapters.py uses it to listen to XLA compilations).
+    `heartbeat`: seconds between "still running" lines for a long cell (see Watchdog).
+    `name`: how messages name the notebook (default: its file name).
+    `on_cell_done(index, seconds, first_line)`: called after every code cell.
+    """
     import pathlib
 
     path = pathlib.Path(path)
+    name = name or path.name
     own = watchdog is None
     if own:
-        watchdog = Watchdog(idle, log)
+        watchdog = Watchdog(idle, log, heartbeat=heartbeat)
         watchdog.start()
     nb = nbformat.read(path, as_version=4)
+    shift = 0
+    if prelude:
+        nb.cells.insert(0, nbformat.v4.new_code_cell(prelude))
+        shift = 1
+    describe = lambda i: f"{name}, cell {i - shift} ({_first_line(nb.cells[i].source)!r})"
+    watchdog.describe = describe
     cell_times: dict[int, float] = {}
     starts: dict[int, float] = {}
+    walls: dict[int, float] = {}
     cpu: list[float | None] = [None]
+    cpu_start: dict[int, float | None] = {}
+    cell_cpu: dict[int, float] = {}
+    current: list[int | None] = [None]
 
     def on_cell_execute(cell, cell_index, **_):
+        cpu_start[cell_index] = watchdog.kernel_cpu()
         starts[cell_index] = time.monotonic()
+        walls[cell_index] = time.time()
+        current[0] = cell_index
         watchdog.loop = asyncio.get_running_loop()
         with watchdog.lock:
             watchdog.cell_index, watchdog.cell_started = cell_index, starts[cell_index]
@@ -228,6 +272,10 @@ def execute(path, *, timeout: int, idle: float, watchdog: Watchdog | None = None
         with watchdog.lock:
             watchdog.cell_index = None
         cpu[0] = watchdog.kernel_cpu()          # the kernel's CPU seconds so far
+        if cpu[0] is not None and cpu_start.get(cell_index) is not None:
+            cell_cpu[cell_index] = cpu[0] - cpu_start[cell_index]
+        if on_cell_done is not None and cell_index >= shift:
+            on_cell_done(cell_index - shift, cell_times[cell_index], _first_line(cell.source))
 
     quiet_output_widgets()
     client = NotebookClient(
@@ -248,7 +296,9 @@ def execute(path, *, timeout: int, idle: float, watchdog: Watchdog | None = None
     except DeadKernelError as exc:
         status, message = "dead-kernel", str(exc).strip()
     except CellExecutionError as exc:
-        status, message = "error", str(exc).strip()
+        status = "error"
+        message = (f"{exc.ename}: {exc.evalue}".strip() + "\n\n" + str(exc).strip()
+                   if getattr(exc, "ename", None) else str(exc).strip())
     finally:
         with watchdog.lock:
             watchdog.cell_index, watchdog.client = None, None
@@ -256,15 +306,24 @@ def execute(path, *, timeout: int, idle: float, watchdog: Watchdog | None = None
             watchdog.stop.set()
     seconds = time.monotonic() - t0
     stalls = list(watchdog.stalls)
+    failed = current[0] if status != "ok" else None
     if stalls:
         s = stalls[-1]
         if not s.recovered or status == "ok":
             status = "stall-recovered" if s.recovered else "stall"
-        src = _first_line(nb.cells[s.cell].source)
-        message = (f"cell {s.cell} ({src!r}) waited {s.waited:.0f} s for its reply while the "
+            failed = s.cell if not s.recovered else None
+        message = (f"{describe(s.cell)} waited {s.waited:.0f} s for its reply while the "
                    f"kernel sat idle for {s.idle:.0f} s: a message between client and kernel "
                    f"was lost (issue 10, part 8; rerun scripts/stall_check.py). "
                    + ("It completed after the watchdog poked the connection. "
                       if s.recovered else "The kernel was killed. ") + message)
+    elif failed is not None:
+        message = f"{describe(failed)} failed ({status}): {message}"
+    if shift:
+        del nb.cells[0]
+        stalls = [dataclasses.replace(st, cell=st.cell - shift) for st in stalls]
+    unshift = lambda d: {i - shift: v for i, v in d.items() if i >= shift}
     return Execution(nb=nb, status=status, seconds=seconds, message=message,
-                     cell_seconds=cell_times, stalls=stalls, kernel_cpu=cpu[0])
+                     cell_seconds=unshift(cell_times), stalls=stalls, kernel_cpu=cpu[0],
+                     cell_started=unshift(walls), cell_cpu=unshift(cell_cpu),
+                     failed_cell=None if failed is None else failed - shift)

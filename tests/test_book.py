@@ -3,7 +3,7 @@
 WIDENETS_BOOK names the build folder (make test: `_build`); without it these tests are
 skipped, so that a plain `pytest tests` does not check a stale or missing build.
 
-* the executed copies the build rendered (make test: `_build/executed/*.ipynb`, named by
+* the executed copies the build rendered (make test: `_build/chapters/ci/*.ipynb`, named by
   WIDENETS_EXECUTED) ran every code cell, the hidden check cells included, without an error,
   at the expected preset, and every cell that shows a figure has one;
 * every HTML page passes scripts/browser_check.py in headless Chromium (JavaScript errors,
@@ -24,12 +24,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BUILD = pathlib.Path(os.environ["WIDENETS_BOOK"]) if os.environ.get("WIDENETS_BOOK") else None
 HTML = BUILD / "html" if BUILD else None
-# The executed notebooks the build rendered: make test's (WIDENETS_EXECUTED, put into the
-# build's jupyter-cache by scripts/build_book.py), else those a `make book` build executed
-# itself (myst-nb writes them to jupyter_execute/ in force mode; in cache mode it writes the
-# unexecuted notebook there, hence WIDENETS_EXECUTED).
+# The executed notebooks the build rendered (put into the build's jupyter-cache by
+# scripts/build_book.py): make test's (WIDENETS_EXECUTED), else make book's cache at the preset
+# (myst-nb writes the unexecuted notebook to jupyter_execute/ in cache mode).
 EXECUTED = (pathlib.Path(os.environ["WIDENETS_EXECUTED"]) if os.environ.get("WIDENETS_EXECUTED")
-            else BUILD / "jupyter_execute" / "notebooks" if BUILD else None)
+            else BUILD / "chapters" / (os.environ.get("WIDENETS_PRESET") or "cpu")
+            if BUILD else None)
 
 pytestmark = pytest.mark.skipif(
     BUILD is None, reason="set WIDENETS_BOOK=<build folder> (make test does) to check the build")
@@ -79,6 +79,22 @@ def test_status_page_links_the_screenshots():
     status = (HTML / "book" / "status.html").read_text()
     assert "../_screenshots/index.html" in status
     assert (HTML / "_screenshots" / "index.html").exists()
+
+
+def test_status_page_says_how_every_chapter_was_executed():
+    """The {chapter-runs} table (scripts/book_assets.py): every chapter, linked, with its preset
+    and whether this build executed it or reused an earlier build's copy."""
+    status = (HTML / "book" / "status.html").read_text()
+    runs = json.loads((BUILD / "chapter_runs.json").read_text())
+    assert [r["chapter"] for r in runs["chapters"]] == [f"notebooks/{p.stem}" for p in NOTEBOOKS]
+    for p in NOTEBOOKS:
+        assert f'href="../notebooks/{p.stem}.html' in status, p.stem
+    cells = re.findall(r"<td><p>(executed|reused)</p></td>", status)
+    assert len(cells) == len(NOTEBOOKS), cells
+    preset = os.environ.get("WIDENETS_PRESET")
+    if preset:
+        assert status.count(f"<code class=\"docutils literal notranslate\"><span class=\"pre\">"
+                            f"{preset}</span></code>") >= len(NOTEBOOKS)
 
 
 def test_mathjax_is_served_from_the_build():
