@@ -431,6 +431,59 @@ def test_ensemble_in_batches_pools_all_networks():
         fl.ensemble(task.X, task.y, n_seeds=10, key=3, batch_size=0, **kw)
 
 
+@pytest.mark.parametrize("update", ["exact", "euler"])
+def test_monte_carlo_influence_function_equals_reverse_mode(update):
+    """The Monte-Carlo propagator computes the influence function psi_i = S dDelta/dw_i from the
+    mean-field response to the error (forward mode, one pass per (t, mu)); by the chain rule it
+    is the reverse-mode derivative of the weighted S-neuron network with respect to the
+    weights, which this test takes directly (float64: 1e-9)."""
+    from importlib import import_module
+    prop = import_module("widenets.fluctuations.propagator")
+    with enable_x64():
+        task = wn.data.gaussian_task(jax.random.PRNGKey(4), 3, 8)
+        Kx, y = jnp.asarray(wn.data.input_kernel(task.X), jnp.float64), jnp.asarray(task.y, jnp.float64)
+        g0, eta, T, S, key = jnp.asarray(1.5), jnp.asarray(0.4), 7, 64, jax.random.PRNGKey(5)
+        cov, var_ntk, mean_delta, mean_ntk, _ = prop._two_layer_mc(
+            Kx, y, g0, eta, key, steps=T, activation="tanh", update=update, samples=S)
+        k1, k2 = jax.random.split(key)
+        lam, V = jnp.linalg.eigh(Kx)
+        U = jax.random.normal(k1, (S, 3), jnp.float64) @ (V * jnp.sqrt(jnp.clip(lam, 0.0))).T
+        R = jax.random.normal(k2, (S,), jnp.float64)
+        run = lambda w: prop._two_layer_weighted(w, U, R, Kx, y, g0, eta, T, "tanh", update)
+        psi_d, psi_K = (S * J for J in jax.jacrev(run)(jnp.ones(S)))
+        dev_d = psi_d - psi_d.mean(-1, keepdims=True)
+        dev_K = psi_K - psi_K.mean(-1, keepdims=True)
+        np.testing.assert_allclose(cov, jnp.einsum("tms,tns->tmn", dev_d, dev_d) / (S - 1),
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(var_ntk, jnp.sum(dev_K ** 2, -1) / (S - 1), rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(mean_delta, run(jnp.ones(S))[0], rtol=1e-12)
+
+
+def test_lowrank_trainer_is_the_same_network():
+    """train_mlp(lowrank=True) keeps the hidden matrices as W(0) plus the rank-P updates and
+    trains the seeds one at a time: the same trajectories, kernels, test predictions and final
+    weights as the dense trainer (float32 round-off: 1e-5), for every depth and centring; and
+    fl.ensemble picks it for deep networks trained for few steps (steps * P <= width / 8)."""
+    task = wn.data.gaussian_task(jax.random.PRNGKey(1), 3, 12)
+    X_test = jax.random.normal(jax.random.PRNGKey(2), (4, 12))
+    for depth, act, center in ((1, "tanh", True), (3, "relu", False)):
+        kw = dict(depth=depth, width=48, activation=act, gamma0=1.5, eta=0.1, steps=6, key=3,
+                  n_seeds=4, record_every=3, X_test=X_test, center=center)
+        a, b = (wn.nets.train_mlp(task.X, task.y, lowrank=lr, **kw) for lr in (False, True))
+        for name in ("loss", "delta", "f_test", "ntk", "phi", "g"):
+            x, z = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+            np.testing.assert_allclose(z, x, rtol=1e-5, atol=1e-5 * np.abs(x).max(), err_msg=name)
+        for x, z in zip(a.params, b.params):
+            np.testing.assert_allclose(z, x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
+    kw = dict(depth=3, width=48, activation="linear", gamma0=1.0, eta=0.1, steps=2, n_seeds=6,
+              key=5)
+    auto, dense = (fl.ensemble(task.X[:1], task.y[:1], lowrank=lr, **kw) for lr in (None, False))
+    np.testing.assert_allclose(auto.delta, dense.delta, rtol=1e-4, atol=1e-6 * dense.delta.max())
+    with pytest.raises(ValueError, match="lowrank"):
+        wn.nets.train_mlp(task.X, task.y, depth=2, width=8, eta=0.1, steps=2, key=0, lowrank=1)
+
+
 @pytest.mark.parametrize("depth, steps, eta, gamma0, y, kx", [
     (2, 10, 0.2, 1.0, 1.0, 1.0),
     (3, 12, 0.3, 2.0, -0.7, 1.6),      # eta K0 = 1.9: near the edge of stability

@@ -191,6 +191,26 @@ def test_fixed_key_reproduces():
     assert t.beta is None and t.error.shape == (3, 6) and np.all(np.isfinite(np.asarray(t.error)))
 
 
+def test_online_networks_pools_its_calls():
+    """fl.online_networks trains n_seeds networks per_call at a time with the documented keys
+    (a remainder call for the rest): its mean and standard error are those of the networks
+    trained call by call; and the programs of two ensembles of different sizes are shared."""
+    from widenets.fluctuations import online_networks
+    bs = _teacher(6)
+    kw = dict(width=16, gamma0=1.0, eta=1.0, steps=5, batch_size=8)
+    mean, se = online_networks(6, bs, n_seeds=7, key=4, per_call=3, **kw)
+    keys = jax.random.split(jax.random.PRNGKey(4), 3)
+    err = np.concatenate([np.asarray(nets.train_online(6, bs, depth=1, key=k, n_seeds=n, **kw).error,
+                                     np.float64) for k, n in zip(keys, (3, 3, 1))])
+    np.testing.assert_allclose(mean, err.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(se, err.std(0, ddof=1) / np.sqrt(7), rtol=1e-12)
+    n_programs = len(nets._ONLINE)
+    online_networks(6, bs, n_seeds=6, key=5, per_call=3, **dict(kw, gamma0=2.0))
+    assert len(nets._ONLINE) == n_programs        # gamma0 and the ensemble size are not static
+    with pytest.raises(ValueError, match="n_seeds"):
+        online_networks(6, bs, n_seeds=1, key=4, **kw)
+
+
 @pytest.mark.parametrize("kwargs, argname", [
     (dict(beta_star=np.ones(3)), "beta_star"),
     (dict(beta_star=np.array([1.0, np.nan, 0, 0, 0])), "beta_star"),

@@ -138,6 +138,28 @@ def test_draw_cnn_training_reports_the_ensemble_it_draws():
     assert axes[0].has_data() and axes[1].images
 
 
+def test_draw_cnn_training_draws_a_given_run_as_if_it_had_trained_it():
+    """A static grid can draw a sweep's runs instead of training them again: the same numbers;
+    a run trained with other settings is refused, naming the setting."""
+    X, y, Xt, yt = CNN_TASK
+    kw = dict(width=8, gamma0=1.0, eta=0.05, steps=4, n_seeds=3, key=jax.random.PRNGKey(1),
+              n_probe=4)
+    tr = wn.nets.train_cnn(X, y, depth=1, width=8, activation="erf", gamma0=1.0, eta=0.05,
+                           steps=4, key=jax.random.PRNGKey(1), n_seeds=3, X_test=Xt, y_test=yt,
+                           X_probe=X[:4], center=True)
+    trained = widgets.draw_cnn_training(_ax(2), *CNN_TASK, **kw)
+    given = widgets.draw_cnn_training(_ax(2), *CNN_TASK, trajectory=tr, **kw)
+    assert given == pytest.approx(trained, rel=1e-6)
+    with pytest.raises(ValueError, match="width = 8, not 16"):
+        widgets.draw_cnn_training(_ax(2), *CNN_TASK, trajectory=tr, **dict(kw, width=16))
+    with pytest.raises(ValueError, match="n_seeds = 3, not 2"):
+        widgets.draw_cnn_training(_ax(2), *CNN_TASK, trajectory=tr, **dict(kw, n_seeds=2))
+    with pytest.raises(ValueError, match="center=True"):
+        widgets.draw_cnn_training(_ax(2), X, -y, Xt, yt, trajectory=tr, **kw)
+    with pytest.raises(ValueError, match="CNNTrajectory"):
+        widgets.draw_cnn_training(_ax(2), *CNN_TASK, trajectory=tr.loss, **kw)
+
+
 # ----------------------------------------------------------------------------- bad input
 # Panels are checked before they are built: an error inside a panel's callback is only logged.
 def _ax(n=1):

@@ -23,6 +23,7 @@ muP with ``gamma0`` is the NTK parameterisation with ``gamma = gamma0 sqrt(N)``.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -144,7 +145,8 @@ def _params(net: MLP, params, argname: str = "params") -> list:
                     "[w[s] for w in traj.params])" if tuple(p.shape[1:]) == shp else "")
             raise ValueError(f"{name} must have shape {shp} for this network; got "
                              f"{tuple(p.shape)}{hint}")
-        if not _checks.is_traced(p) and not bool(jnp.all(jnp.isfinite(p))):
+        # (on the host: an eager jnp.isfinite compiles two programs per new weight shape)
+        if not _checks.is_traced(p) and not np.all(np.isfinite(np.asarray(p))):
             raise ValueError(f"{name} contains NaN or infinite entries (weights of a diverged run?)")
         out.append(p)
     return out
@@ -169,7 +171,7 @@ def _finite_or_warn(out, name: str, net: MLP, X):
     leaves = jax.tree_util.tree_leaves(out)
     if any(_checks.is_traced(a) for a in leaves) or _checks.is_traced(X):
         return out
-    if all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
+    if all(np.all(np.isfinite(np.asarray(a))) for a in leaves):   # (on the host: no compilation)
         return out
     import warnings
     warnings.warn(f"{name}: the result holds NaN or infinite values: {np.dtype(X.dtype).name} "
@@ -281,17 +283,28 @@ def abc_exponents(parameterization: str, depth: int = 2, D: int = 10) -> dict:
             "a0": tuple(clean(x + shift) for x in a), "b0": tuple(clean(x - shift) for x in b)}
 
 
-def init_params(net: MLP, key) -> list:
+def init_params(net: MLP, key, n_seeds: int | None = None) -> list:
     """Independent Gaussian weights for every layer (one key per layer, never reused).
 
-    ``key``: a JAX PRNG key or an integer seed. A network whose weights cannot fit in memory
-    is refused before anything is allocated.
+    ``key``: a JAX PRNG key or an integer seed. With ``n_seeds``, the initial weights of an
+    ensemble instead, each array with a leading seed axis: seed s is
+    ``init_params(net, jax.random.split(key, n_seeds)[s])``, the network that seed s of
+    :func:`train_mlp` and :func:`init_kernels` starts from (drawn by the same compiled program,
+    one per network shape). A request that cannot fit in memory is refused before anything is
+    allocated.
     """
     net = _net(net)
     key = _checks.prng_key(key, "key")
-    _checks.fits(2 * n_params(net) * _itemsize(), "width",
-                 f"the {n_params(net):,} weights of a width-{net.width}, depth-{net.depth} network")
-    return _init_params(net, key)
+    if n_seeds is None:
+        _checks.fits(2 * n_params(net) * _itemsize(), "width",
+                     f"the {n_params(net):,} weights of a width-{net.width}, depth-{net.depth} "
+                     f"network")
+        return _init_params(net, key)
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    _checks.fits(2 * n_seeds * n_params(net) * _itemsize(), "width or n_seeds",
+                 f"the weights of {n_seeds} width-{net.width}, depth-{net.depth} networks")
+    unit = _unit_normals(_param_shapes(net), jax.random.split(key, n_seeds))
+    return [w if s == 1.0 else s * w for s, w in zip(_scalings(net).init_std, unit)]
 
 
 def _gaussian_layers(shapes, init_std, key) -> list:
@@ -311,18 +324,45 @@ _NORMALS: dict = {}
 def _unit_normals(shapes, keys) -> list:
     """``_gaussian_layers(shapes, 1, k)`` for every key k of ``keys`` (S, 2): arrays (S, *shape).
 
-    One compiled program per list of shapes, shared by every parameterisation, gamma0 and
-    training setting: drawing the weights (threefry) is the most expensive part of a trainer to
-    compile (~1 s on a CPU). A network's weights are these times its init stds (the same
-    numbers as :func:`_init_params`).
+    Drawing weights (threefry) compiles for ~0.3 s per layer shape on a CPU, often more than
+    running it, so the programs are shared as widely as the numbers allow: the seeds are drawn
+    in blocks of :data:`_SEED_BLOCK` (the rest one by one), by one program per block size that
+    splits each seed's key into its layers' keys (as :func:`_gaussian_layers` does) and one
+    per block size and layer *shape* that draws the normals, the blocks then concatenated. So
+    every parameterisation, gamma0, training setting, number of seeds, depth and readout width
+    shares them (a 1-logit and a 10-logit net of one width share their hidden layers), and an
+    ensemble of thousands of seeds costs a few hundred calls, not thousands. On a CPU, blocks
+    of small layers are compiled at LLVM's optimisation level 1 (half the compile time, the
+    same numbers, ~20% slower to run: a loss only where drawing is slower than compiling).
+    A network's weights are these times its init stds (the same numbers as
+    :func:`_init_params`).
     """
     shapes = tuple(tuple(int(n) for n in shp) for shp in shapes)
-    if shapes not in _NORMALS:
-        ones = (1.0,) * len(shapes)
-        # lax.map, not vmap: the same numbers, and a batched threefry takes ~2x longer to compile
-        _NORMALS[shapes] = jax.jit(lambda ks: jax.lax.map(
-            lambda k: _gaussian_layers(shapes, ones, k), ks))
-    return _NORMALS[shapes](keys)
+    dtype = jnp.zeros(()).dtype
+    n, S = len(shapes), int(keys.shape[0])
+    cpu = jax.default_backend() == "cpu"
+    parts: list = [[] for _ in shapes]
+    i = 0
+    while i < S:
+        c = _SEED_BLOCK if S - i >= _SEED_BLOCK else 1
+        if ("split", n, c) not in _NORMALS:
+            _NORMALS["split", n, c] = jax.jit(jax.vmap(lambda k: jax.random.split(k, n)))
+        layer_keys = _NORMALS["split", n, c](keys[i:i + c])           # (c, n, 2)
+        for l, shp in enumerate(shapes):
+            if (shp, c, dtype) not in _NORMALS:
+                small = cpu and c * math.prod(shp) <= 2 ** 20
+                _NORMALS[shp, c, dtype] = jax.jit(
+                    lambda ks, shp=shp: jax.lax.map(lambda k: jax.random.normal(k, shp, dtype), ks),
+                    compiler_options={"xla_backend_optimization_level": 1} if small else None)
+            parts[l].append(_NORMALS[shp, c, dtype](layer_keys[:, l]))
+        i += c
+    if all(len(p) == 1 for p in parts):
+        return [p[0] for p in parts]
+    # joined on the host: an eager concatenate would compile a program per number of blocks
+    return [jnp.asarray(np.concatenate([np.asarray(a) for a in p])) for p in parts]
+
+
+_SEED_BLOCK = 16     # seeds per call of the drawing programs (the rest of S one by one)
 
 
 def _scaled(sc: Scalings, unit: list) -> list:
@@ -362,7 +402,13 @@ def _dense(a, W):
     product as ``W @ a.T`` and transposes its small (N, P) result instead; the backward pass's
     products (``dh @ W``, ``dh.T @ a``) are already of the fast kind. This made a width-1024
     training step 4-5x faster; at small widths it makes no difference.
+
+    ``W`` may also be a triple ``(W0, A, B)``, the matrix ``W0 + A.T @ B`` kept in low-rank
+    form (see :func:`_lowrank_trainer`): then ``a @ W0.T + (a @ B.T) @ A``.
     """
+    if isinstance(W, tuple):
+        W0, A, B = W
+        return _dense(a, W0) + (a @ B.T) @ A
     return jax.lax.optimization_barrier(W @ a.T).T
 
 
@@ -531,7 +577,7 @@ def _run_args(eta, steps, n_seeds, record_every, center, key):
 
 def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, key,
               parameterization="mup", n_seeds=1, record_every=None, X_test=None,
-              center=False) -> Trajectory:
+              center=False, lowrank=False) -> Trajectory:
     """Train ``n_seeds`` independent MLPs by full-batch gradient descent and record their kernels.
 
     Args:
@@ -546,6 +592,12 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
       center: train and record ``f(x; theta) - f(x; theta_0)``, the output minus its value at
         initialisation, so that ``delta[0] = y`` exactly as in the infinite-width theory (the
         gradients, hence the kernels, are unchanged).
+      lowrank: keep every hidden weight matrix as its initial value plus the rank-P updates of
+        the steps taken, and train the seeds one after another (:func:`_lowrank_trainer`): the
+        same network and numbers (to round-off), for wide networks trained for few steps on
+        few examples (steps * P well below the width), whose initial matrices are then read
+        from cache instead of rewritten at every step (depth 4, width 500, P = 1, 30 steps:
+        4x faster).
 
     A request whose memory (weights and activations of all seeds at once, the recorded kernels,
     the per-step records) cannot fit is refused before anything is allocated, and so is a
@@ -568,7 +620,8 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
                               n_seeds=n_seeds))
     _check_scales(net, X, eta, center)
     keys = jax.random.split(key, n_seeds)
-    run = _trainer(_program_net(net), steps, record_every, X_test is not None, center)
+    trainer = _lowrank_trainer if _checks.flag(lowrank, "lowrank") else _trainer
+    run = trainer(_program_net(net), steps, record_every, X_test is not None, center)
     with np.errstate(over="ignore", invalid="ignore"):
         out = run(_unit_normals(_param_shapes(net), keys), X, y,
                   X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
@@ -662,7 +715,9 @@ def _warn_if_not_finite(net, X, eta, loss, delta, f_test, ntk, phi, g, times) ->
     import warnings
     loss = np.asarray(loss)
     fields = {"loss": loss, "delta": delta, "f_test": f_test, "ntk": ntk, "phi": phi, "g": g}
-    bad = [k for k, v in fields.items() if v is not None and not bool(jnp.all(jnp.isfinite(v)))]
+    # (on the host: an eager jnp.isfinite compiles two programs per new array shape)
+    bad = [k for k, v in fields.items()
+           if v is not None and not np.all(np.isfinite(np.asarray(v)))]
     if not bad:
         return
     dtype = np.dtype(X.dtype).name
@@ -768,6 +823,84 @@ def _trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: b
     return run
 
 
+def _lowrank_trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: bool):
+    """:func:`_trainer` (same arguments and records) with every hidden matrix kept as
+    ``(W0, A, B)``, ``W(t) = W0 + A.T @ B`` (:func:`_dense`): a full-batch gradient step adds
+    the rank-P update ``-lr m_l dL/dh^{l+1}.T phi(h^l)`` as P new rows of A and B (rows of
+    later steps are zero), so W0 is never rewritten, and the seeds are trained one after
+    another (``lax.map``, not ``vmap``), each seed's W0 staying in cache through its run. The
+    input and readout layers are updated densely; the final weights are returned dense.
+    Cheaper than :func:`_trainer` when steps * P is well below the width."""
+    cache_key = ("lowrank", net, steps, record_every, with_test, center)
+    if cache_key in _TRAINERS:
+        return _TRAINERS[cache_key]
+    n_chunks = steps // record_every
+    fan_in = _scalings(net).fan_in
+    L, N = net.depth, net.width
+    phi = activation_fn(net.activation)
+
+    def one_seed(unit, X, y, X_test, lr, sca):
+        sc = _scalings_from(fan_in, sca)
+        dense = _scaled(sc, unit)
+        P, dt = X.shape[0], X.dtype
+        R = steps * P
+        params = ([dense[0]] + [(W, jnp.zeros((R, N), dt), jnp.zeros((R, N), dt))
+                                for W in dense[1:-1]] + [dense[-1]])
+        f_init = _apply(net, params, X, sc)[:, 0] if center else jnp.zeros(P, dt)
+        ft_init = _apply(net, params, X_test, sc)[:, 0] if center and with_test else 0.0
+
+        def out(p, x, f0):
+            return _apply(net, p, x, sc)[:, 0] - f0
+
+        def step(carry, _):
+            p, s = carry
+
+            def loss_fn(eps, W_in, w_out):       # eps: perturbations of h^1..h^L
+                hs, f = _forward(net, [W_in] + p[1:-1] + [w_out], X, eps, sc)
+                f = f[:, 0] - f_init
+                return 0.5 * jnp.mean((f - y) ** 2), (f, hs)
+
+            eps = [jnp.zeros((P, N), dt) for _ in range(L)]
+            (loss, (f, hs)), (dh, g_in, g_out) = jax.value_and_grad(
+                loss_fn, argnums=(0, 1, 2), has_aux=True)(eps, p[0], p[-1])
+            ft = out(p, X_test, ft_init) if with_test else jnp.zeros((0,), dt)
+            hidden = []
+            for l in range(1, L):                # dL/dW_l = m_l dL/dh^{l+1}.T phi(h^l)
+                W0, A, B = p[l]
+                A = jax.lax.dynamic_update_slice(A, -lr * sc.multiplier[l] * dh[l], (s * P, 0))
+                B = jax.lax.dynamic_update_slice(B, phi(hs[l - 1]), (s * P, 0))
+                hidden.append((W0, A, B))
+            p = [p[0] - lr * g_in] + hidden + [p[-1] - lr * g_out]
+            return (p, s + 1), (loss, y - f, ft)
+
+        def chunk(carry, _):
+            k = _kernels(net, carry[0], X, sc)
+            carry, rec = jax.lax.scan(step, carry, None, length=record_every)
+            return carry, (k, rec)
+
+        (params, _), (ks, (loss, delta, ft)) = jax.lax.scan(chunk, (params, 0), None,
+                                                            length=n_chunks)
+        k_end = _kernels(net, params, X, sc)
+        f_end = out(params, X, f_init)
+        ft_end = out(params, X_test, ft_init) if with_test else jnp.zeros((0,), dt)
+        flat = lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+        loss = jnp.concatenate([flat(loss), (0.5 * jnp.mean((f_end - y) ** 2))[None]])
+        delta = jnp.concatenate([flat(delta), (y - f_end)[None]])
+        ft = jnp.concatenate([flat(ft), ft_end[None]])
+        ntk = jnp.concatenate([ks.ntk, k_end.ntk[None]])
+        phi_k = jnp.concatenate([ks.phi, k_end.phi[None]]).transpose(1, 0, 2, 3)
+        g = jnp.concatenate([ks.g, k_end.g[None]]).transpose(1, 0, 2, 3)
+        final = [params[0]] + [W0 + A.T @ B for W0, A, B in params[1:-1]] + [params[-1]]
+        return loss, delta, ft, ntk, phi_k, g, final
+
+    def run(unit, X, y, X_test, lr, sca):
+        return jax.lax.map(lambda u: one_seed(u, X, y, X_test, lr, sca), unit)
+
+    run = jax.jit(run, donate_argnums=0)
+    _TRAINERS[cache_key] = run
+    return run
+
+
 # ----------------------------------------------------------------------------- coordinate check
 class CoordCheck(NamedTuple):
     """Sizes of the pre-activations and of their change during the first steps, per width.
@@ -839,18 +972,16 @@ _COORD: dict = {}
 def _coord_runner(net, steps: int):
     """The jitted, seed-vmapped coordinate check of an MLP or a CNN (the same steps for both).
 
-    Its arguments: per seed the MLP's unit-normal weights (:func:`_unit_normals`) or the CNN's
-    key; the inputs, targets and learning rate; :func:`_scalings_args`. Cached per
-    :func:`_program_net`, so the three parameterisations share one compilation per width."""
+    Its arguments: per seed the unit-normal weights (:func:`_unit_normals`,
+    :func:`_cnn_unit_normals`); the inputs, targets and learning rate; :func:`_scalings_args`.
+    Cached per :func:`_program_net`, so the three parameterisations share one compilation per
+    width."""
     net = _program_net(net)
     if (net, steps) in _COORD:
         return _COORD[net, steps]
     if isinstance(net, CNN):
-        shapes = _cnn_param_shapes(net)
         fan_in = _cnn_scalings(net).fan_in
-        ones = (1.0,) * len(shapes)
-        init = lambda key, sc: _scaled(sc, _gaussian_layers(  # seed s of train_cnn
-            shapes, ones, jax.random.split(key)[0]))
+        init = lambda unit, sc: _scaled(sc, unit)     # seed s of train_cnn
         forward = lambda p, X, sc: (lambda r: (r[0], r[2]))(_cnn_forward(net, p, X, sc))
         output = lambda p, X, sc: _cnn_apply(net, p, X, sc)
     else:
@@ -859,9 +990,9 @@ def _coord_runner(net, steps: int):
         forward = lambda p, X, sc: _forward(net, p, X, sc=sc)
         output = lambda p, X, sc: _apply(net, p, X, sc)[:, 0]
 
-    def one_seed(key, X, y, lr, sca):
+    def one_seed(unit, X, y, lr, sca):
         sc = _scalings_from(fan_in, sca)
-        params = init(key, sc)
+        params = init(unit, sc)
         hs0, f0 = forward(params, X, sc)
 
         def loss_fn(p):
@@ -956,12 +1087,13 @@ def train_online(D, beta_star, *, depth, width, activation="linear", gamma0=1.0,
                  f"online SGD of {n_seeds} network(s) of width {net.width} and depth "
                  f"{net.depth} for {steps} steps with batches of {B}")
     _check_scales(net, jnp.ones((1, D), dtype), eta, center)
-    run = _online_trainer(net, steps, batch_size, center, n_test)
+    run = _online_trainer(_program_net(net), steps, batch_size, center, n_test)
     keys = jax.random.split(key, n_seeds)
     with np.errstate(over="ignore", invalid="ignore"):
         error, beta, params = run(keys, jnp.asarray(bs, dtype),
-                                  jnp.asarray(eta * _scalings(net).ntk_scale, dtype))
-    if not bool(jnp.all(jnp.isfinite(error))):
+                                  jnp.asarray(eta * _scalings(net).ntk_scale, dtype),
+                                  _scalings_args(_scalings(net), dtype))
+    if not np.all(np.isfinite(np.asarray(error))):
         import warnings
         t_bad = int(np.argmin(np.all(np.isfinite(np.asarray(error)), axis=0)))
         warnings.warn(f"online SGD diverged (non-finite error from step {t_bad}): eta={eta:g} is "
@@ -976,28 +1108,33 @@ _ONLINE: dict = {}
 
 
 def _online_trainer(net: MLP, steps: int, batch_size, center: bool, n_test: int):
-    """A jitted, vmapped (over seeds) online-SGD trainer; cached per static configuration."""
+    """A jitted, vmapped (over seeds) online-SGD trainer; cached per static configuration.
+
+    ``net`` is a :func:`_program_net`: the scalings (parameterisation, gamma0) and the
+    learning rate are traced arguments, so a sweep over gamma0 compiles once per width."""
     cache_key = (net, steps, batch_size, center, n_test)
     if cache_key in _ONLINE:
         return _ONLINE[cache_key]
     D, linear = net.D, net.activation == "linear"
+    fan_in = _scalings(net).fan_in
 
-    def one_seed(key, beta_star, lr):
+    def one_seed(key, beta_star, lr, sca):
+        sc = _scalings_from(fan_in, sca)
         k_init, k_data, k_test = jax.random.split(key, 3)
-        params0 = _init_params(net, k_init)
+        params0 = _gaussian_layers(_param_shapes(net), sc.init_std, k_init)
         dtype = beta_star.dtype
         probe = jnp.sqrt(jnp.asarray(D, dtype)) * jnp.eye(D, dtype=dtype)
 
         def beta_of(p):      # a linear network: f(sqrt(D) e_mu) = beta_mu
-            return _apply(net, p, probe)[:, 0]
+            return _apply(net, p, probe, sc)[:, 0]
 
         b0 = beta_of(params0) if center and linear else jnp.zeros(D, dtype)
 
         def out(p, X):       # the (centred) output on inputs X
             if linear:
                 return X @ (beta_of(p) - b0) / jnp.sqrt(jnp.asarray(D, dtype))
-            f = _apply(net, p, X)[:, 0]
-            return f - _apply(net, params0, X)[:, 0] if center else f
+            f = _apply(net, p, X, sc)[:, 0]
+            return f - _apply(net, params0, X, sc)[:, 0] if center else f
 
         if batch_size is None:
             def loss(p, k):
@@ -1029,7 +1166,7 @@ def _online_trainer(net: MLP, steps: int, batch_size, center: bool, n_test: int)
         return (jnp.concatenate([err, err_end[None]]), jnp.concatenate([beta, beta_end[None]]),
                 params)
 
-    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None)))
+    run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None)))
     _ONLINE[cache_key] = run
     return run
 
@@ -1145,7 +1282,11 @@ def _conv(x, w):
     xp = jnp.pad(x, ((0, 0), (lo, k - 1 - lo), (lo, k - 1 - lo), (0, 0)))
     patches = jnp.concatenate([xp[:, i:i + H, j:j + W, :] for i in range(k) for j in range(k)],
                               axis=-1)
-    return patches @ w.reshape(-1, w.shape[-1])
+    # one 2-d product (P H W, k^2 C) x (k^2 C, N): the same numbers as the 4-d product, but XLA's
+    # CPU runtime (jax 0.5.3) ran the 4-d one's gradient 3x more slowly (3.8 against 1.2 ms per
+    # step at width 128 on 64 8x8 images)
+    out = patches.reshape(-1, patches.shape[-1]) @ w.reshape(-1, w.shape[-1])
+    return out.reshape(patches.shape[:3] + (w.shape[-1],))
 
 
 def _cnn_forward(net: CNN, params, X, sc=None):
@@ -1224,15 +1365,38 @@ def _cnn_kernel_bytes(net: CNN, P: int) -> int:
 
 
 def _over_seeds(one_seed):
-    """``one_seed(key, *args)`` run for every key of a (S, 2) array, results stacked.
+    """``one_seed(per_seed, *args)`` run for every seed, results stacked: ``per_seed`` is a
+    pytree of arrays with a leading seed axis (keys, unit-normal weights).
 
-    On a GPU or TPU one vmapped program; on a CPU a ``lax.map`` (one seed after another inside
-    one compiled program): there the vmapped convolution (a batched matrix product) ran
-    1.2-1.8x slower than a Python loop over seeds (benchmarks/bench_cnn.py)."""
+    On a GPU or TPU one jitted, vmapped program; on a CPU one jitted program for a single seed,
+    called for each seed in turn (there the vmapped convolution, a batched matrix product, ran
+    1.2-1.8x slower than a Python loop over seeds, benchmarks/bench_cnn.py), so that ensembles
+    of every size share one compilation (~2 s for a CNN trainer)."""
     if jax.default_backend() != "cpu":
-        return lambda keys, *args: jax.vmap(one_seed, in_axes=(0,) + (None,) * len(args))(
-            keys, *args)
-    return lambda keys, *args: jax.lax.map(lambda k: one_seed(k, *args), keys)
+        return jax.jit(lambda per_seed, *args: jax.vmap(lambda s: one_seed(s, *args))(per_seed))
+    run = jax.jit(one_seed)
+
+    def over(per_seed, *args):
+        leaves, tree = jax.tree_util.tree_flatten(per_seed)
+        # slices on the host (an eager slice compiles per shape), except typed PRNG keys
+        leaves = [a if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np.asarray(a)
+                  for a in leaves]
+        outs = [run(jax.tree_util.tree_unflatten(tree, [a[i] for a in leaves]), *args)
+                for i in range(leaves[0].shape[0])]
+        return jax.tree_util.tree_map(
+            lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])), *outs)
+    return over
+
+
+def _cnn_unit_normals(net: CNN, keys) -> list:
+    """The unit-normal weights of the CNNs of seed keys ``keys`` (S, 2), as :func:`train_cnn`
+    draws them (seed key k: weights from ``jax.random.split(k)[0]``, minibatches from
+    ``[1]``): arrays (S, *shape). Drawn by :func:`_unit_normals`' programs, one per layer shape
+    and shared by every trainer, coordinate check and set of initial kernels of that width,
+    instead of inside each of those programs (~0.3 s of compilation per layer and program)."""
+    if "cnn_init_keys" not in _NORMALS:
+        _NORMALS["cnn_init_keys"] = jax.jit(jax.vmap(lambda k: jax.random.split(k)[0]))
+    return _unit_normals(_cnn_param_shapes(net), _NORMALS["cnn_init_keys"](keys))
 
 
 def cnn_init_kernels(net: CNN, X, key, n_seeds: int = 1) -> CNNKernels:
@@ -1251,12 +1415,11 @@ def cnn_init_kernels(net: CNN, X, key, n_seeds: int = 1) -> CNNKernels:
     if prog not in _CNN_INIT_KERNELS:   # one compilation per network shape (and image shape)
         shapes, fan_in = _cnn_param_shapes(prog), _cnn_scalings(prog).fan_in
 
-        def one(k, x, sca):
+        def one(unit, x, sca):
             sc = _scalings_from(fan_in, sca)
-            unit = _gaussian_layers(shapes, (1.0,) * len(shapes), jax.random.split(k)[0])
             return _cnn_kernels(prog, _scaled(sc, unit), x, sc)
-        _CNN_INIT_KERNELS[prog] = jax.jit(_over_seeds(one))
-    return _CNN_INIT_KERNELS[prog](jax.random.split(key, n_seeds), X,
+        _CNN_INIT_KERNELS[prog] = _over_seeds(one)
+    return _CNN_INIT_KERNELS[prog](_cnn_unit_normals(net, jax.random.split(key, n_seeds)), X,
                                    _scalings_args(_cnn_scalings(net), X.dtype))
 
 
@@ -1390,7 +1553,8 @@ def train_cnn(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
     keys = jax.random.split(key, n_seeds)
     dummy = jnp.zeros((1,) + X.shape[1:], X.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
-        out = run(keys, X, y, X_test if X_test is not None else dummy,
+        out = run((keys, _cnn_unit_normals(net, keys)), X, y,
+                  X_test if X_test is not None else dummy,
                   y_test if y_test is not None else jnp.zeros((1,), X.dtype), X_probe,
                   jnp.asarray(lr, X.dtype), _scalings_args(_cnn_scalings(net), X.dtype))
     loss, delta, tl, acc, ft, ntk, phi, params = out
@@ -1438,20 +1602,21 @@ _CNN_TRAINERS: dict = {}
 
 def _cnn_trainer(net: CNN, steps: int, record_every: int, batch_size, with_test: bool,
                  with_y_test: bool, center: bool):
-    """A jitted, vmapped (over seeds) CNN trainer; cached per static configuration (``net`` a
-    :func:`_program_net`: the learning rate and the scalings are traced arguments)."""
+    """A jitted CNN trainer run over seeds (:func:`_over_seeds`); cached per static
+    configuration (``net`` a :func:`_program_net`: the learning rate and the scalings are
+    traced arguments)."""
     cache_key = (net, steps, record_every, batch_size, with_test, with_y_test, center)
     if cache_key in _CNN_TRAINERS:
         return _CNN_TRAINERS[cache_key]
     n_chunks = steps // record_every
-    shapes = _cnn_param_shapes(net)
     fan_in = _cnn_scalings(net).fan_in
 
-    def one_seed(key, X, y, X_test, y_test, X_probe, lr, sca):
+    def one_seed(per_seed, X, y, X_test, y_test, X_probe, lr, sca):
+        key, unit = per_seed          # the seed's key and its unit-normal weights
         sc = _scalings_from(fan_in, sca)
-        k_init, k_data = jax.random.split(key)
+        k_data = jax.random.split(key)[1]
         P = X.shape[0]
-        params = _scaled(sc, _gaussian_layers(shapes, (1.0,) * len(shapes), k_init))
+        params = _scaled(sc, unit)
         f_init = _cnn_apply(net, params, X, sc) if center else jnp.zeros(P, X.dtype)
         ft_init = _cnn_apply(net, params, X_test, sc) if center and with_test else 0.0
 
@@ -1509,7 +1674,7 @@ def _cnn_trainer(net: CNN, steps: int, record_every: int, batch_size, with_test:
                 jnp.concatenate([ks.ntk, k_end.ntk[None]]),
                 jnp.concatenate([ks.phi, k_end.phi[None]]), params)
 
-    run = jax.jit(_over_seeds(one_seed))
+    run = _over_seeds(one_seed)
     _CNN_TRAINERS[cache_key] = run
     return run
 
@@ -1541,8 +1706,9 @@ def cnn_coord_check(X, y, *, widths, parameterization, depth=2, activation="relu
     h_size, dh_size, df_size = [], [], []
     for net in nets_:
         lr = jnp.asarray(eta * _cnn_scalings(net).ntk_scale, X.dtype)
-        hs0, dhs, dfs = _coord_runner(net, steps)(jax.random.split(key, n_seeds), X, y, lr,
-                                                  _scalings_args(_cnn_scalings(net), X.dtype))
+        hs0, dhs, dfs = _coord_runner(net, steps)(
+            _cnn_unit_normals(net, jax.random.split(key, n_seeds)), X, y, lr,
+            _scalings_args(_cnn_scalings(net), X.dtype))
         h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
         dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
         df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))

@@ -270,7 +270,7 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
     kw = dict(depth=depth, activation=activation, eta=eta, steps=steps, samples=samples,
               key=k_dmft)
     sol = dmft.nonlinear(Kx, y, gamma0=gamma0, **kw)
-    lazy = dmft.static_ntk(Kx, y, **kw)
+    lazy = _static_ntk_cached(Kx, y, **kw)
     tr = None
     if width is not None:
         tr = nets.train_mlp(X, y, depth=depth, width=width, activation=activation,
@@ -324,6 +324,22 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
             "alignment": align, "kurtosis": kurt, "kurtosis_networks": kurt_net}
 
 
+# The static-NTK solve of draw_nonlinear does not depend on gamma0: moving the gamma0 slider, or
+# a static grid over gamma0, reuses it (the last few are kept, keyed by the inputs and settings).
+_LAZY: dict = {}
+
+
+def _static_ntk_cached(Kx, y, *, depth, activation, eta, steps, samples, key):
+    from . import dmft
+    ck = (dmft._digest(Kx, y, key), depth, activation, float(eta), steps, samples)
+    if ck not in _LAZY:
+        _LAZY[ck] = dmft.static_ntk(Kx, y, depth=depth, activation=activation, eta=eta,
+                                    steps=steps, samples=samples, key=key)
+        while len(_LAZY) > 4:
+            _LAZY.pop(next(iter(_LAZY)))
+    return _LAZY[ck]
+
+
 def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_seeds=4):
     """ipywidgets panel (gamma0, activation, depth) around :func:`draw_nonlinear`."""
     import ipywidgets as w
@@ -372,7 +388,7 @@ def loss_increases(loss, rtol=1e-3):
 
 def draw_cnn_training(axes, X, y, X_test, y_test, *, width, gamma0, eta, depth=1,
                       activation="erf", steps=150, n_seeds=4, key=None, record_every=None,
-                      n_probe=None, batch_size=None):
+                      n_probe=None, batch_size=None, trajectory=None):
     """An ensemble of ``n_seeds`` centred muP CNNs (:func:`widenets.nets.train_cnn`) on two axes.
 
     Left: training loss (solid) and test loss (dashed) against the step, mean over the seeds
@@ -388,6 +404,12 @@ def draw_cnn_training(axes, X, y, X_test, y_test, *, width, gamma0, eta, depth=1
     ``alignment`` (target alignment of Phi(T) on the probe images, mean over the seeds) and
     ``increases``: the number of steps at which the training loss rose by more than 0.1%, mean
     over the seeds (0 for smooth training; many at the edge of stability).
+
+    ``trajectory``: an ensemble already trained with these settings (a
+    :class:`widenets.nets.CNNTrajectory` of ``train_cnn`` on these images, e.g. a run of a
+    sweep) is drawn instead of training it again; its network, number of seeds and steps,
+    test set and probe images must match (a ValueError names the first that does not; the
+    learning rate and the key are not recorded in it: they are the caller's word).
     """
     axes = _axes(axes, 2, "axes")
     X, y, X_test, y_test = _image_task(X, y, X_test, y_test)
@@ -395,10 +417,15 @@ def draw_cnn_training(axes, X, y, X_test, y_test, *, width, gamma0, eta, depth=1
     n_probe = (min(X.shape[0], 16) if n_probe is None
                else _checks.positive_int(n_probe, "n_probe", maximum=X.shape[0]))
     key = _key(key)
-    tr = nets.train_cnn(X, y, depth=depth, width=width, activation=activation, gamma0=gamma0,
-                        eta=eta, steps=steps, key=key, n_seeds=n_seeds, X_test=X_test,
-                        y_test=y_test, record_every=record_every, X_probe=X[:n_probe],
-                        center=True, batch_size=batch_size)
+    if trajectory is None:
+        tr = nets.train_cnn(X, y, depth=depth, width=width, activation=activation,
+                            gamma0=gamma0, eta=eta, steps=steps, key=key, n_seeds=n_seeds,
+                            X_test=X_test, y_test=y_test, record_every=record_every,
+                            X_probe=X[:n_probe], center=True, batch_size=batch_size)
+    else:
+        tr = _matching_cnn_run(trajectory, X, y, X_test, width=width, gamma0=gamma0, depth=depth,
+                               activation=activation, steps=steps, n_seeds=n_seeds,
+                               n_probe=n_probe, batch_size=batch_size)
     t = np.arange(steps + 1)
     ax_loss, ax_k = axes
     for curve, style, name in ((tr.loss, "-", "train"), (tr.test_loss, "--", "test")):
@@ -437,6 +464,38 @@ def draw_cnn_training(axes, X, y, X_test, y_test, *, width, gamma0, eta, depth=1
             "test_acc": float(np.mean(np.asarray(tr.test_acc[:, -1]))),
             "ensemble_test_loss": ens, "alignment": align,
             "increases": float(np.mean(loss_increases(tr.loss)))}
+
+
+def _matching_cnn_run(tr, X, y, X_test, *, width, gamma0, depth, activation, steps, n_seeds,
+                      n_probe, batch_size):
+    """``tr`` if it is a muP CNN ensemble trained with these settings, else a ValueError."""
+    if not isinstance(tr, nets.CNNTrajectory):
+        raise ValueError(f"trajectory must be a CNNTrajectory from widenets.nets.train_cnn; got "
+                         f"{type(tr).__name__}")
+    want = {"width": width, "gamma0": float(gamma0), "depth": depth, "activation": activation,
+            "parameterization": "mup", "image shape": tuple(X.shape[1:]), "n_seeds": n_seeds,
+            "steps": steps, "n_probe": n_probe, "batch_size": batch_size,
+            "test images": X_test.shape[0]}
+    net = tr.net
+    have = {"width": net.width, "gamma0": float(net.gamma0), "depth": net.depth,
+            "activation": net.activation, "parameterization": net.parameterization,
+            "image shape": (net.H, net.W, net.C), "n_seeds": tr.loss.shape[0],
+            "steps": tr.loss.shape[1] - 1, "n_probe": tr.X_probe.shape[0],
+            "batch_size": tr.batch_size,
+            "test images": None if tr.f_test is None else tr.f_test.shape[-1]}
+    for k in want:
+        if want[k] != have[k]:
+            raise ValueError(f"trajectory was trained with {k} = {have[k]!r}, not {want[k]!r}")
+    if tr.test_loss is None:
+        raise ValueError("trajectory has no test losses: train it with X_test and y_test")
+    if tr.delta.shape[-1] != X.shape[0] or not np.allclose(np.asarray(tr.delta[:, 0]),
+                                                           np.asarray(y)[None]):
+        raise ValueError("trajectory was not trained on these targets with center=True "
+                         "(its error at t = 0 is not y)")
+    probe = np.asarray(tr.X_probe)
+    if not np.array_equal(probe, np.asarray(X[:n_probe], probe.dtype)):
+        raise ValueError(f"trajectory's probe images are not the first {n_probe} images of X")
+    return tr
 
 
 def cnn_panel(X, y, X_test, y_test, *, widths=(32, 64, 128), eta, gamma0=1.0, steps=150,

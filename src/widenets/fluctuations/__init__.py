@@ -7,7 +7,7 @@ of networks and computes it: in the lazy limit in closed form, and in the rich r
 :func:`propagator` (two-layer linear networks through the Wishart covariance of the sources,
 two-layer tanh / erf networks by Monte Carlo, deep linear networks from the action of
 :mod:`.deep` or, for one example, by the Gaussian conditioning of :mod:`.conditioning`), and
-for online SGD with :func:`online_error`.
+for online SGD with :func:`online_error` (and :func:`online_networks`, the networks' mean error).
 
 * :func:`ensemble`: N Var (and N Cov across examples) of Delta and N Var of the NTK over
   ``n_seeds`` networks of width N, with standard errors.
@@ -23,8 +23,8 @@ for online SGD with :func:`online_error`.
 from .ensembles import (Ensemble, ensemble, init_kernel_covariance, init_ntk_covariance,
                         init_relative_covariance, lazy_delta_variance)
 from .propagator import MeanField, Propagator, propagator
-from .online import OnlineError, online_error
+from .online import OnlineError, online_error, online_networks
 
 __all__ = ["Ensemble", "ensemble", "init_kernel_covariance", "init_ntk_covariance",
            "init_relative_covariance", "lazy_delta_variance", "MeanField", "Propagator", "propagator",
-           "OnlineError", "online_error"]
+           "OnlineError", "online_error", "online_networks"]

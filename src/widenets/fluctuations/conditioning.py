@@ -117,43 +117,50 @@ def _simulate(kx, y, gamma0, eta, xi, *, L, T1, K, R, tol, kernels, forward_firs
         out = c @ WB + (WBo @ vp) @ Bo + jnp.where(new, r, 0.0) * fresh
         return out, vh, (WBo @ vh) @ Bo + fresh, new, jnp.sqrt(r2 / (v @ v + 1e-300))
 
-    def query(S, n, m, v, x, left):
-        """W^m(0) v / sqrt(N) (W^m(0)^T v / sqrt(N) if ``left``), revealing what it must: updates
-        the matrix's bases and flags in ``S`` and returns the product and the new counts."""
+    def sweep(S, n, x, v, left):
+        """One pass of queries through the M matrices, as a scan over them (one compiled body
+        for all layers): ``left`` the backward pass g^m = W^m(t)^T g^{m+1} / sqrt(N) from the
+        readout down, else the forward pass h^{m+1} = W^m(t) h^m / sqrt(N) from the first layer
+        up; ``v`` the vector entering it. Each query reveals what it must of W^m(0) (updating
+        that matrix's bases and flags in ``S``). Returns the vectors of the M layers it reaches
+        (g^0..g^{M-1} or h^1..h^M, stacked in layer order) and the new direction counts."""
         if left:
-            B, WB, Bo, WBo, rows, cut, zk, ck, land = "Pb WtP Q WQ rp cutp zp cp".split() + [m]
+            B, WB, Bo, WBo, rows, cut, zk, ck = "Pb WtP Q WQ rp cutp zp cp".split()
         else:
-            B, WB, Bo, WBo, rows, cut, zk, ck, land = "Q WQ Pb WtP rq cutq zq cq".split() + [m + 1]
-        out, vh, col, new, rel = reveal(S[B][m], S[WB][m], S[Bo][m], S[WBo][m], v, x[zk][m],
-                                        x[ck][m], n[land])
-        r = S[rows][m]
-        S["over"] = S["over"] | (new & ((r >= R) | (n[land] >= K)))
-        # a substantial new direction after a dropped one (module docstring)
-        S["bad"] = S["bad"] | (new & S[cut][m] & (rel > _LATE))
-        S[cut] = S[cut].at[m].set(S[cut][m] | ~new)
-        S[B] = S[B].at[m, r].set(vh, mode="drop")
-        S[WB] = S[WB].at[m, r].set(jnp.where(new, col, 0.0), mode="drop")
-        S[rows] = S[rows].at[m].add(new)
-        return out, n.at[land].add(new)
+            B, WB, Bo, WBo, rows, cut, zk, ck = "Q WQ Pb WtP rq cutq zq cq".split()
+
+        def one(carry, xs):
+            v, n, over, bad = carry
+            m, Bm, WBm, Bom, WBom, r, cutm, znew, chi, dWm = xs
+            land = m if left else m + 1
+            out, vh, col, new, rel = reveal(Bm, WBm, Bom, WBom, v, znew, chi, n[land])
+            over = over | (new & ((r >= R) | (n[land] >= K)))
+            # a substantial new direction after a dropped one (module docstring)
+            bad = bad | (new & cutm & (rel > _LATE))
+            v_next = out + (v @ dWm if left else dWm @ v)
+            ys = (Bm.at[r].set(vh, mode="drop"),
+                  WBm.at[r].set(jnp.where(new, col, 0.0), mode="drop"),
+                  r + new, cutm | ~new, v_next)
+            return (v_next, n.at[land].add(new), over, bad), ys
+
+        xs = (jnp.arange(M), S[B], S[WB], S[Bo], S[WBo], S[rows], S[cut], x[zk], x[ck], S["dW"])
+        (_, n, S["over"], S["bad"]), (S[B], S[WB], S[rows], S[cut], vs) = jax.lax.scan(
+            one, (v, n, S["over"], S["bad"]), xs, reverse=left)
+        return vs, n
 
     def step(S, xs):
         t, x = xs
         S = dict(S)
-        n, w, dW = S["n"], S["w"], S["dW"]
+        n, w = S["n"], S["w"]
 
         def backward(n):                 # g^L = w, g^m = W^m(t)^T g^{m+1} / sqrt(N)
-            g = [None] * (L - 1) + [w]
-            for m in reversed(range(M)):
-                gq, n = query(S, n, m, g[m + 1], x, left=True)
-                g[m] = gq + g[m + 1] @ dW[m]
-            return g, n
+            g, n = sweep(S, n, x, w, left=True)
+            return jnp.concatenate([g, w[None]]), n
 
         def forward(n):                  # h^1 = W^0(t) x / sqrt(D), h^{m+1} = W^m(t) h^m / sqrt(N)
-            h = [u + kx * S["a"]] + [None] * (L - 1)
-            for m in range(M):
-                hq, n = query(S, n, m, h[m], x, left=False)
-                h[m + 1] = hq + dW[m] @ h[m]
-            return h, n
+            h0 = u + kx * S["a"]
+            h, n = sweep(S, n, x, h0, left=False)
+            return jnp.concatenate([h0[None], h]), n
         # (the order of the queries is arbitrary: the answer does not depend on it)
         if forward_first:
             h, n = forward(n)
@@ -168,10 +175,10 @@ def _simulate(kx, y, gamma0, eta, xi, *, L, T1, K, R, tol, kernels, forward_firs
         coef = gamma0 * eta * d
         S["w"] = w + coef * h[L - 1]
         S["a"] = S["a"] + coef * g[0]
-        S["dW"] = dW + coef * jnp.stack([jnp.outer(g[m + 1], h[m]) for m in range(M)])
+        S["dW"] = S["dW"] + coef * g[1:, :, None] * h[:-1, None, :]
         S["n"] = n
-        G = jnp.stack([v @ v for v in g])            # G^l(t, t), layer l = 0..L-1
-        Phi = jnp.stack([v @ v for v in h])          # Phi^l(t, t)
+        G = jnp.sum(g * g, axis=1)                   # G^l(t, t), layer l = 0..L-1
+        Phi = jnp.sum(h * h, axis=1)                 # Phi^l(t, t)
         ntk = G[0] * kx + jnp.sum(G[1:] * Phi[:-1]) + Phi[L - 1]
         out = [d[None], ntk[None]] + ([Phi, G] if kernels else [])
         return S, jnp.concatenate(out)
@@ -222,7 +229,9 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
     for one example (Kx, y of shape (1, 1) and (1,)), depth >= 2, the exact discrete update.
     Raises RuntimeError when the check of the module docstring fails (a dropped query followed
     by a new direction of the same kind)."""
-    kx, yy = Kx[0, 0], y[0]
+    # (scalars made on the host: indexing a device array compiles a program per shape)
+    dt = jnp.asarray(Kx).dtype
+    kx, yy = (jnp.asarray(np.asarray(a, np.float64).reshape(-1)[0], dt) for a in (Kx, y))
     L, T1 = depth, steps + 1
     # a first pass at infinite width finds how many directions the run creates (the arrays are
     # then sized by that, not by T: each layer's trajectory is numerically low-rank)
@@ -261,6 +270,7 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
     if bool(info["bad"]):
         raise RuntimeError("a weight matrix created a new direction after dropping a query "
                            "below round-off")
+    var, outs = np.asarray(var), np.asarray(outs)
     phi = g = None
     if kernels:
         phi, g = var[:, 2:2 + L].T, var[:, 2 + L:].T

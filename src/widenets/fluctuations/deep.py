@@ -251,11 +251,14 @@ def deep_linear_propagator(Kx, y, gamma0, eta, depth, steps, update, buckets=Non
             warnings.warn(f"the deep linear propagator did not terminate in {max_iter} sweeps "
                           "(it must for a causal system): the result is not exact",
                           RuntimeWarning, stacklevel=3)
-    out = (jnp.concatenate(covs), jnp.concatenate(ntks), mean_delta, mean_ntk)
+    # (the pieces are joined on the host: eager jnp ops would compile a program per shape)
+    cat = lambda xs, axis=0: np.concatenate([np.asarray(x) for x in xs], axis=axis)
+    out = (cat(covs), cat(ntks), np.asarray(mean_delta), np.asarray(mean_ntk))
     if not kernels:
         return out + (None,)
     T1, P = steps + 1, Kx.shape[0]
-    eqt = jnp.arange(T1)
+    eqt = np.arange(T1)
+    Phi, G = np.asarray(Phi), np.asarray(G)
     means = (Phi.reshape(depth, T1, P, T1, P)[:, eqt, :, eqt, :].transpose(1, 0, 2, 3),
              G[:, eqt, eqt])
-    return out + ((jnp.concatenate(phis, axis=1), jnp.concatenate(gs, axis=1)) + means,)
+    return out + ((cat(phis, axis=1), cat(gs, axis=1)) + means,)

@@ -1,6 +1,7 @@
 """Ensembles of finite networks, initial kernel covariances and the lazy-limit closed forms."""
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -39,20 +40,29 @@ class Ensemble(NamedTuple):
 
 def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key,
              parameterization="mup", solution=None, record_every=None,
-             batch_size=None) -> Ensemble:
+             batch_size=None, lowrank=None) -> Ensemble:
     """N Var of the error and the NTK over ``n_seeds`` centred networks of width N, trained by
     full-batch gradient descent with :func:`widenets.nets.train_mlp` (same arguments). With
     ``solution`` (a DMFT solution with ``delta`` of shape (T+1, P)) also the bias
     <Delta> - Delta_inf. ``batch_size``: train the networks in batches of this many (keys
     ``jax.random.split(key, n_batches)``; only the batches' records are kept), for ensembles
-    whose weights do not fit in memory at once; the statistics are those of all n_seeds."""
+    whose weights do not fit in memory at once; the statistics are those of all n_seeds.
+    ``lowrank``: train_mlp's low-rank trainer (the same networks, to round-off); default: on a
+    CPU, for deep networks (depth >= 2) trained for few steps on few examples,
+    steps * P <= width / 8, where it is faster (depth 4, width 500, P = 1, 30 steps: 4x; it
+    trains the seeds one after another, which would idle a GPU)."""
     from .. import nets
     n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=3)
     width = _checks.positive_int(width, "width")
     batch_size = n_seeds if batch_size is None else _checks.positive_int(batch_size, "batch_size")
+    if lowrank is None:
+        depth, steps = (_checks.positive_int(v, name) for v, name in ((depth, "depth"),
+                                                                      (steps, "steps")))
+        lowrank = (jax.default_backend() == "cpu" and depth >= 2
+                   and 8 * steps * int(np.shape(X)[0]) <= width)
     kw = dict(depth=depth, width=width, activation=activation, gamma0=gamma0, eta=eta,
               steps=steps, parameterization=parameterization, center=True,
-              record_every=record_every)
+              record_every=record_every, lowrank=_checks.flag(lowrank, "lowrank"))
     if batch_size >= n_seeds:
         runs = [nets.train_mlp(X, y, key=key, n_seeds=n_seeds, **kw)]
     else:
@@ -125,6 +135,19 @@ def lazy_delta_variance(K, kappa, y, *, eta, steps, update="exact"):
     _checks.choice(update, "update", ("exact", "flow"))
     K, kappa, y = (jnp.asarray(a, jnp.float64 if _checks._x64() else jnp.float32)
                    for a in (K, kappa, y))
+    cov = np.asarray(_lazy_cov(K, kappa, y, jnp.asarray(eta, K.dtype), steps=steps,
+                               update=update), np.float64)
+    if not np.all(np.isfinite(cov)):
+        raise ValueError("the lazy variance is not finite: eta is above the stable learning "
+                         "rate 2 P / lambda_max(K) of kernel gradient descent")
+    return np.diagonal(cov, axis1=1, axis2=2).copy(), cov
+
+
+@partial(jax.jit, static_argnames=("steps", "update"))
+def _lazy_cov(K, kappa, y, eta, *, steps, update):
+    """N Cov[Delta(t)] (T+1, P, P) of :func:`lazy_delta_variance` (inputs validated); one
+    compiled program per (P, steps, update, dtype), eta traced."""
+    P = K.shape[0]
     eye = jnp.eye(P, dtype=K.dtype)
     if update == "exact":
         M = eye - eta * K / P
@@ -151,12 +174,7 @@ def lazy_delta_variance(K, kappa, y, *, eta, steps, update="exact"):
                              (jnp.exp(-ai[None] * t[:, :, None]) - jnp.exp(-aj[None] * t[:, :, None]))
                              / jnp.where(same, 1.0, diff)[None])           # (T+1, P_i, P_j)
         J = -(eta / P) * jnp.einsum("mi,ai,gj,j,tij->tmag", V, V, V, yv, integral)
-    cov = jnp.einsum("tmab,abcd,tncd->tmn", J, kappa, J)
-    cov = np.asarray(cov, np.float64)
-    if not np.all(np.isfinite(cov)):
-        raise ValueError("the lazy variance is not finite: eta is above the stable learning "
-                         "rate 2 P / lambda_max(K) of kernel gradient descent")
-    return np.diagonal(cov, axis1=1, axis2=2).copy(), cov
+    return jnp.einsum("tmab,abcd,tncd->tmn", J, kappa, J)
 
 
 def init_kernel_covariance(X, *, depth, width, activation, n_seeds, key,

@@ -229,6 +229,26 @@ def online_error(D, beta_star_norm, *, width=None, gamma0, eta, steps, batch_siz
     return out
 
 
+def online_networks(D, beta_star, *, width, gamma0, eta, steps, batch_size, n_seeds, key,
+                    depth=1, per_call=100, **kwargs):
+    """The mean generalisation error <epsilon(t)> (steps + 1,) of ``n_seeds`` networks trained
+    by online SGD (:func:`widenets.nets.train_online`, same arguments and ``kwargs``) and its
+    standard error, the networks trained ``per_call`` at a time with the keys
+    ``jax.random.split(key, n_calls)``: one compiled program per width, steps, batch size and
+    ``per_call``, shared by ensembles of every size (a live panel of 100 networks and a figure's
+    thousand). Returns ``(mean, stderr)``, float64."""
+    from .. import nets
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=2)
+    per_call = min(_checks.positive_int(per_call, "per_call"), n_seeds)
+    sizes = [per_call] * (n_seeds // per_call) + ([n_seeds % per_call] if n_seeds % per_call
+                                                   else [])
+    keys = jax.random.split(_checks.prng_key(key, "key"), len(sizes))
+    err = np.concatenate([np.asarray(nets.train_online(
+        D, beta_star, depth=depth, width=width, gamma0=gamma0, eta=eta, steps=steps,
+        batch_size=batch_size, key=k, n_seeds=int(b), **kwargs).error, np.float64) for k, b in zip(keys, sizes)])
+    return err.mean(0), err.std(0, ddof=1) / np.sqrt(n_seeds)
+
+
 def _reduced(norm, gamma0, eta, steps, D, center):
     """The two-direction problem: mean (T+1, 2), width cov, the full-D width bias of the
     parallel component (T+1,), batch cov, batch bias (T+1,)."""

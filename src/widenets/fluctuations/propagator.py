@@ -2,6 +2,7 @@
 DMFT (Bordelon & Pehlevan 2023)."""
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -113,28 +114,75 @@ def _two_layer_weighted(w, U, R, Kx, y, gamma0, eta, steps, activation, update):
     return delta, K
 
 
-def _two_layer_mc(Kx, y, gamma0, eta, steps, activation, update, samples, key, dt):
+def _neurons_given_error(D, U, R, Kx, gamma0, eta, activation):
+    """Every neuron's own output z(t) . phi(h(t)) (T+1, S, P) and NTK contribution
+    (g g^T) * Kx + F F^T (T+1, S, P, P), g = phi'(h) z, F = phi(h), when the network's error is
+    the prescribed sequence ``D`` (T+1, P): the fields of {eq}`ch4-two-layer` driven by D."""
+    from ..dmft import _derivatives
+    phi, dphi, _ = _derivatives(activation)
+    c = gamma0 * eta / Kx.shape[0]
+
+    def step(carry, d):
+        h, z = carry
+        F, g = phi(h), dphi(h) * z[:, None]
+        k = (g[:, :, None] * g[:, None, :]) * Kx + F[:, :, None] * F[:, None, :]
+        return (h + c * (g * d[None, :]) @ Kx, z + c * F @ d), (z[:, None] * F, k)
+
+    return jax.lax.scan(step, (U, R), D)[1]
+
+
+@partial(jax.jit, static_argnames=("steps", "activation", "update", "samples"))
+def _two_layer_mc(Kx, y, gamma0, eta, key, *, steps, activation, update, samples):
     """Two-layer nonlinear propagator by Monte Carlo: a width-N network is a function of the
     empirical measure of its neurons, so to leading order N Cov[Delta(t)] = Cov_xi[psi(xi)] with
-    psi the influence function, psi(xi_i) = S dDelta(t)/dw_i at w = 1 (reverse mode through the
-    causal pass). Returns (cov, var_ntk, mean_delta, mean_ntk, stderr)."""
-    P = Kx.shape[0]
+    psi the influence function, psi(xi_i) = S dDelta(t)/dw_i at w = 1 (w_i the weight of
+    sample i in every average). Returns (cov, var_ntk, mean_delta, mean_ntk, stderr).
+
+    The neurons interact only through the error, so by the chain rule psi is neuron i's own
+    contribution pushed through the mean-field response to the error: with o_i(t) its output
+    and k_i(t) its NTK term (:func:`_neurons_given_error`), J_o(t, s) = d<o(t)>/dD(s) and
+    J_K(t, s) = d<k(t)>/dD(s) (one forward-mode pass per (s, mu): P (T+1) of them, not one
+    reverse pass per output), psi^K(t) = k_i(t) + sum_{s<t} J_K(t, s) psi^D(s), and psi^D
+    solves a unit lower-triangular system: exact update, D(t) = y - (<o(t)> - <o(0)>) / gamma0,
+    psi^D(t) = -(o_i(t) - o_i(0) + sum_{s<t} J_o(t, s) psi^D(s)) / gamma0; Euler,
+    psi^D(t+1) = psi^D(t) - (eta / P) (psi^K(t) D(t) + K(t) psi^D(t)). One compiled program
+    per (P, steps, samples, activation, update): gamma0, eta and the key are traced, so a
+    sweep over them compiles once."""
+    P, dt = Kx.shape[0], Kx.dtype
+    T1, S = steps + 1, samples
     k1, k2 = jax.random.split(key)
     lam, V = jnp.linalg.eigh(Kx)
-    U = jax.random.normal(k1, (samples, P), dt) @ (V * jnp.sqrt(jnp.clip(lam, 0.0))).T
-    R = jax.random.normal(k2, (samples,), dt)
-    run = lambda w: _two_layer_weighted(w, U, R, Kx, y, gamma0, eta, steps, activation, update)
-    ones = jnp.ones(samples, dt)
-    mean_delta, mean_ntk = run(ones)
-    psi_d, psi_K = jax.jacrev(run)(ones)                       # (T+1, P, S), (T+1, P, P, S)
-    psi_d, psi_K = samples * psi_d, samples * psi_K
+    U = jax.random.normal(k1, (S, P), dt) @ (V * jnp.sqrt(jnp.clip(lam, 0.0))).T
+    R = jax.random.normal(k2, (S,), dt)
+    mean_delta, mean_ntk = _two_layer_weighted(jnp.ones(S, dt), U, R, Kx, y, gamma0, eta, steps,
+                                               activation, update)
+    given = lambda D: _neurons_given_error(D, U, R, Kx, gamma0, eta, activation)
+    o, k = given(mean_delta)                                     # (T1, S, P), (T1, S, P, P)
+    J_o, J_K = jax.jacfwd(lambda D: tuple(x.mean(1) for x in given(D)))(mean_delta)
+    eye = jnp.eye(T1 * P, dtype=dt)
+    if update == "exact":
+        M = eye + J_o.reshape(T1 * P, T1 * P) / gamma0
+        rhs = -(o - o[:1]) / gamma0                              # (T1, S, P)
+    else:
+        c = eta / P
+        C = c * jnp.einsum("tmnsv,tn->tmsv", J_K, mean_delta)    # (T1, P, T1, P)
+        step = jnp.eye(P, dtype=dt)[None] - c * mean_ntk         # I - (eta / P) K(t)
+        sub = jnp.zeros((T1, P, T1, P), dt).at[jnp.arange(1, T1), :, jnp.arange(T1 - 1), :].set(
+            -step[:-1])
+        M = eye + (jnp.zeros((T1, P, T1, P), dt).at[1:].set(C[:-1]) + sub).reshape(T1 * P, -1)
+        rhs = jnp.zeros((T1, S, P), dt).at[1:].set(
+            -c * jnp.einsum("tsmn,tn->tsm", k[:-1], mean_delta[:-1]))
+    psi_d = jax.scipy.linalg.solve_triangular(
+        M, rhs.transpose(0, 2, 1).reshape(T1 * P, S), lower=True,
+        unit_diagonal=True).reshape(T1, P, S)
+    psi_K = k.transpose(0, 2, 3, 1) + jnp.einsum("tmnsv,svi->tmni", J_K, psi_d)
     dev_d = psi_d - psi_d.mean(-1, keepdims=True)
     dev_K = psi_K - psi_K.mean(-1, keepdims=True)
-    cov = jnp.einsum("tms,tns->tmn", dev_d, dev_d) / (samples - 1)
-    var_ntk = jnp.sum(dev_K ** 2, axis=-1) / (samples - 1)
+    cov = jnp.einsum("tms,tns->tmn", dev_d, dev_d) / (S - 1)
+    var_ntk = jnp.sum(dev_K ** 2, axis=-1) / (S - 1)
     # standard error of a variance estimated from S samples: sqrt((E dev^4 - var^2) / S)
     var_d = jnp.mean(dev_d ** 2, axis=-1)
-    stderr = jnp.sqrt(jnp.maximum(jnp.mean(dev_d ** 4, axis=-1) - var_d ** 2, 0.0) / samples)
+    stderr = jnp.sqrt(jnp.maximum(jnp.mean(dev_d ** 4, axis=-1) - var_d ** 2, 0.0) / S)
     return cov, var_ntk, mean_delta, mean_ntk, stderr
 
 
@@ -153,8 +201,9 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     Two-layer nonlinear networks (``samples``, ``key``): by Monte Carlo. A width-N two-layer
     network is a function of the empirical measure of its N neurons (they interact only
     through Delta), so N Cov[Delta(t)] = Cov[psi] with psi the influence function of one neuron,
-    obtained on S sampled neurons by reverse-mode differentiation with respect to their weights
-    (:func:`_two_layer_mc`); ``delta_stderr`` is its Monte-Carlo error.
+    obtained on S sampled neurons as the derivative with respect to their weights, by the chain
+    rule through the mean-field response to the error (:func:`_two_layer_mc`); ``delta_stderr``
+    is its Monte-Carlo error.
 
     Deep linear networks (``depth >= 2``, or ``method="action"`` at any depth): exactly, from
     the Gaussian fluctuations of every layer's second moments around the DMFT,
@@ -238,16 +287,29 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
                      f"this Monte-Carlo propagator (samples={samples}, steps={steps}, P={P})")
         cov, var_ntk, mean_delta, mean_ntk, stderr = _two_layer_mc(
             jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt),
-            jnp.asarray(eta, dt), steps, activation, update, samples, key, dt)
+            jnp.asarray(eta, dt), key, steps=steps, activation=activation, update=update,
+            samples=samples)
         return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, stderr,
                                   dict(depth=depth, activation=activation, gamma0=gamma0,
                                        eta=eta, steps=steps, update=update, samples=samples))
     _checks.fits(8.0 * (steps + 1) * (P + 1) ** 2 * P * P * 3, "steps",
                  f"this propagator (steps={steps}, P={P})")
-    Kx, y = jnp.asarray(Kx, dt), jnp.asarray(y, dt)
+    cov, var_ntk, mean_delta, mean_ntk = _two_layer_linear_propagator(
+        jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt), jnp.asarray(eta, dt),
+        steps=steps, update=update)
+    return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
+                              dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
+                                   steps=steps, update=update))
+
+
+@partial(jax.jit, static_argnames=("steps", "update"))
+def _two_layer_linear_propagator(Kx, y, gamma0, eta, *, steps, update):
+    """(cov, var_ntk, mean_delta, mean_ntk) of a two-layer linear network: N Cov[Delta(t)] =
+    J_t kappa J_t^T with J_t = dDelta(t)/dC (forward mode) and kappa the Wishart covariance of
+    C (see :func:`propagator`). One compiled program per (P, steps, update, dtype)."""
+    P, dt = Kx.shape[0], Kx.dtype
     C = jnp.zeros((P + 1, P + 1), dt).at[:P, :P].set(Kx).at[P, P].set(1.0)
-    run = lambda C_: _two_layer_linear(C_, Kx, y, jnp.asarray(gamma0, dt), jnp.asarray(eta, dt),
-                                       steps, update)
+    run = lambda C_: _two_layer_linear(C_, Kx, y, gamma0, eta, steps, update)
     mean_delta, mean_ntk = run(C)
     # J: derivatives with respect to the (P+1)^2 entries of C, in forward mode
     basis = jnp.eye((P + 1) ** 2, dtype=dt).reshape(-1, P + 1, P + 1)
@@ -256,9 +318,7 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
         (P + 1) ** 2, (P + 1) ** 2)
     cov = jnp.einsum("itm,ij,jtn->tmn", Jd, kappa, Jd)
     var_ntk = jnp.einsum("itmn,ij,jtmn->tmn", JK, kappa, JK)
-    return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
-                              dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
-                                   steps=steps, update=update))
+    return cov, var_ntk, mean_delta, mean_ntk
 
 
 def _conditioning(Kx, y, gamma0, eta, depth, steps, dt, kernels, params):
