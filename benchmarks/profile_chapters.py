@@ -88,14 +88,11 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="ci", choices=["ci", "cpu", "gpu"])
     ap.add_argument("--chapters", nargs="*", help="file-name prefixes (e.g. 01 05b); default all")
     ap.add_argument("--cores", type=int, help="pin the kernels to this many cores")
-    ap.add_argument("--warm", action="store_true",
-                    help="use JAX's on-disk compilation cache if JAX_COMPILATION_CACHE_DIR is set "
-                         "(as make does); by default every program is compiled")
     ap.add_argument("--top", type=int, default=6, help="slowest cells printed per chapter")
     args = ap.parse_args(argv)
     os.environ["WIDENETS_PRESET"] = args.preset
-    if not args.warm:     # cold: every program compiled (make's on-disk cache left out)
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    # cold: every program compiled (JAX's on-disk cache is never used: see the Makefile)
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     os.environ.setdefault("JAX_PLATFORMS", "cpu") if args.preset != "gpu" else None
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))

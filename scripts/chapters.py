@@ -42,6 +42,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "_build" / "chapters"
 # what every chapter's results depend on, besides the notebook itself and the preset
 DEPENDENCIES = ("src/widenets", "requirements.txt", "pyproject.toml")
+# JAX's persistent compilation cache stays off in the chapters' kernels (see the Makefile): with
+# JAX 0.5.3 on the CPU, a program read back from it returned wrong numbers
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 STALL_IDLE = float(os.environ.get("WIDENETS_STALL_IDLE", "90"))
 HEARTBEAT = 60.0
 

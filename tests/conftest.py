@@ -10,6 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# JAX's persistent compilation cache is never used here (see the Makefile): with JAX 0.5.3 on
+# the CPU a program read back from it returned wrong numbers (the deep linear propagator: 0.0)
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 # `make test` runs two pytest-xdist workers side by side, and a chapter's kernel next to them.
 # XLA sizes its thread pools by the CPUs a process may run on; with every process allowed on
