@@ -10,7 +10,8 @@ two-layer tanh / erf networks by Monte Carlo, deep linear networks from the acti
 for online SGD with :func:`online_error` (and :func:`online_networks`, the networks' mean error).
 
 * :func:`ensemble`: N Var (and N Cov across examples) of Delta and N Var of the NTK over
-  ``n_seeds`` networks of width N, with standard errors.
+  ``n_seeds`` networks of width N, with standard errors from the ensemble's fourth moments
+  (:func:`variance_stderr`).
 * :func:`lazy_delta_variance`: the lazy limit (kernel frozen at its random initial value). With
   ``K = K_inf + dK`` and ``N Cov[dK_ab, dK_cd] = kappa[a, b, c, d]``, discrete gradient descent
   ``Delta(t+1) = (1 - eta K / P) Delta(t)`` gives to first order ``dDelta(t) = J_t dK`` with
@@ -21,10 +22,10 @@ for online SGD with :func:`online_error` (and :func:`online_networks`, the netwo
 * :func:`init_ntk_covariance`: kappa = N Cov of the initial NTK's entries, from sampled networks.
 """
 from .ensembles import (Ensemble, ensemble, init_kernel_covariance, init_ntk_covariance,
-                        init_relative_covariance, lazy_delta_variance)
+                        init_relative_covariance, lazy_delta_variance, variance_stderr)
 from .propagator import MeanField, Propagator, propagator
 from .online import OnlineError, online_error, online_networks
 
 __all__ = ["Ensemble", "ensemble", "init_kernel_covariance", "init_ntk_covariance",
-           "init_relative_covariance", "lazy_delta_variance", "MeanField", "Propagator", "propagator",
+           "init_relative_covariance", "lazy_delta_variance", "variance_stderr", "MeanField", "Propagator", "propagator",
            "OnlineError", "online_error", "online_networks"]
