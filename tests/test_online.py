@@ -161,18 +161,27 @@ def test_linear_shortcut_equals_plain_sgd(x64):
 
 
 def test_deep_networks_approach_dmft(x64):
-    """Any depth: depth-2 linear networks of width 512 on the population gradient against the
-    exact discrete-time deep-linear DMFT on Kx = I_D (population GD = full-batch GD on
-    sqrt(D) e_mu). The mean error of 4 networks agrees within 10% of the initial error (the
-    finite-width deviation is ~ sqrt(D Sigma / N) ~ 7% of it at most; measured 0.4%)."""
+    """Any depth: depth-2 linear networks on the population gradient against the exact
+    discrete-time deep-linear DMFT on Kx = I_D (population GD = full-batch GD on sqrt(D) e_mu),
+    8 seeds. The error falls 30x in 4 steps (and then on towards 0, where a relative comparison
+    with finite networks means nothing): over t <= 4 the seed mean at width 2048 is within 10%
+    of the DMFT at every step (measured max 4.1%, keys 5 and 6) and its largest relative
+    deviation is < 1/4 of the width-128 networks' (measured 0.041 against 0.46-0.79: the
+    deviation is a finite-width effect, ~1/N). An error off by 10% at any of those steps, or a
+    deviation that does not shrink with N, fails."""
     d, steps = 10, 30
     bs = _teacher(d, seed=4)
     sol = wn.dmft.deep_linear(np.eye(d), bs, depth=2, gamma0=1.0, eta=1.0, steps=steps,
                               update="exact")
-    tr = nets.train_online(d, bs, depth=2, width=512, gamma0=1.0, eta=1.0, steps=steps,
-                           batch_size=None, key=5, n_seeds=4)
     ref = np.sum(np.asarray(sol.delta) ** 2, -1) / d
-    np.testing.assert_allclose(np.asarray(tr.error).mean(0), ref, atol=0.1 * ref[0])
+    assert ref[4] < ref[0] / 30 and np.all(np.diff(ref[:5]) < 0)
+    dev = {}
+    for N in (128, 2048):
+        tr = nets.train_online(d, bs, depth=2, width=N, gamma0=1.0, eta=1.0, steps=steps,
+                               batch_size=None, key=5, n_seeds=8)
+        dev[N] = np.abs(np.asarray(tr.error, np.float64).mean(0)[:5] / ref[:5] - 1)
+    assert dev[2048].max() < 0.1, dev
+    assert dev[2048].max() < dev[128].max() / 4, dev
 
 
 def test_fixed_key_reproduces():
