@@ -63,11 +63,14 @@ def test_linear_depth_one_pooled_nngp_and_ntk_match_a_hand_derived_closed_form()
 # networks is off by ~ c / sqrt(N n_seeds). Measured c = err sqrt(N n_seeds) on these 6 images
 # at N = 128 with 8 seeds, keys 0-5, in the 9 CASES: NTK 0.27-3.7, pooled NNGP 0.29-4.7 (medians
 # 1.0 and 1.7; depth 1 at most 2.2, depths 2-3 up to 4.7: deeper kernels fluctuate more, and the
-# tail is heavy since the kernel's overall scale fluctuates coherently over all entries). C_TOL = 7
-# leaves 1.5x margin over the largest, a tolerance of 7 / 32 = 0.22; conventions that differ
-# are off by far more (a fan-in of C instead of 9 C: a factor 9 on the first layer; circular
-# instead of zero padding changes most of a 5x4 image's windows).
-N_WIDE, N_SEEDS, KEYS, C_TOL = 128, 8, (0, 1, 2), 7.0
+# tail is heavy since the kernel's overall scale fluctuates coherently over all entries). The
+# wide-network test below uses 16 seeds and a tolerance per depth, 1.5x the largest c measured:
+# C_DEPTH = 3.3 at depth 1 (tolerance 3.3 / sqrt(128 x 16) = 7.3%) and 7 at depths 2-3 (15%),
+# against typical errors of 2-4%; conventions that differ are off by far more (a fan-in of C
+# instead of 9 C: a factor 9 on the first layer; circular instead of zero padding changes most
+# of a 5x4 image's windows). C_TOL = 7 stays the bound of the trained networks' records below.
+N_WIDE, N_SEEDS, KEYS, C_TOL = 128, 16, (0, 1, 2), 7.0
+C_DEPTH = {1: 3.3, 2: 7.0, 3: 7.0}
 # each activation and each depth is checked in both parameterisations (at initialisation their
 # kernels coincide in these units; tests/test_cnn.py checks that directly); muP uses gamma0 = 0.5
 # somewhere, since its NTK must not depend on gamma0
@@ -82,7 +85,7 @@ def test_analytic_cnn_kernels_are_the_wide_network_limit(activation, depth, para
     an = kernels.cnn_analytic(IMGS, depth=depth, activation=activation)
     net = nets.make_cnn(SHAPE, depth=depth, width=N_WIDE, activation=activation,
                         parameterization=parameterization, gamma0=gamma0)
-    tol = C_TOL / np.sqrt(N_WIDE * N_SEEDS)
+    tol = C_DEPTH[depth] / np.sqrt(N_WIDE * N_SEEDS)
     for key in KEYS:
         emp = nets.cnn_init_kernels(net, IMGS, key, n_seeds=N_SEEDS)
         e_ntk = kernels.relative_frobenius(np.mean(emp.ntk, 0), an.ntk)

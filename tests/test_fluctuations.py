@@ -93,6 +93,26 @@ def test_variance_stderr_matches_the_scatter_of_sample_variances(law):
         fl.variance_stderr(np.ones((3, 2)))
 
 
+@pytest.mark.parametrize("rho", [0.0, 0.6])
+def test_the_error_of_a_sum_of_variances_is_not_the_sum_of_their_errors(rho):
+    """variance_stderr(..., sum_axis=): the error of the sum over 4 correlated components of
+    their sample variances (E = 100, Laplace marginals mixed to correlation rho) against its
+    scatter over 4000 draws: root-mean-square within 5% (measured within 2%). The sum of the
+    per-component errors overstates it 2x for independent components and ~1.3x at rho = 0.6."""
+    rng = np.random.default_rng(int(10 * rho))
+    R, E, P = 4000, 100, 4
+    z = rng.laplace(size=(E, R, P))
+    x = np.sqrt(1 - rho) * z + np.sqrt(rho) * rng.laplace(size=(E, R, 1))
+    total = x.var(0, ddof=1).sum(-1)
+    stated = np.sqrt(np.mean(fl.variance_stderr(x, axis=0, sum_axis=-1) ** 2))
+    actual = total.std(ddof=1)
+    assert abs(stated / actual - 1) < 0.05, (stated, actual)
+    naive = np.sqrt(np.mean(fl.variance_stderr(x, axis=0).sum(-1) ** 2))
+    assert naive / actual > (1.6 if rho == 0 else 1.15), (naive, actual)
+    with pytest.raises(ValueError, match="sum_axis"):
+        fl.variance_stderr(x, axis=0, sum_axis=0)
+
+
 def test_ensemble_stderr_matches_the_scatter_over_independent_ensembles():
     """ensemble()'s delta_stderr against the actual scatter of N Var Delta(t) over 60 independent
     ensembles of 100 depth-3 linear networks (width 64, gamma0 = 1, eta = 0.05). Late in training
@@ -324,7 +344,7 @@ def test_monte_carlo_propagator_reproduces_the_exact_linear_one():
         exact = fl.propagator(Kx, y, **kw)
         mc = fl.propagator(Kx, y, samples=4000, key=1, **kw)
     i = int(np.argmax(exact.delta.sum(1)))
-    assert abs(mc.delta.sum(1)[i] - exact.delta.sum(1)[i]) < 3 * mc.delta_stderr.sum(1)[i]
+    assert abs(mc.delta.sum(1)[i] - exact.delta.sum(1)[i]) < 3 * mc.delta_sum_stderr[i]
 
 
 def test_monte_carlo_propagator_ntk_stderr_matches_the_scatter_over_keys():

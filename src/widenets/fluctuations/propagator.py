@@ -32,7 +32,7 @@ class Propagator(NamedTuple):
     from the influence functions' fourth moments (as :func:`variance_stderr`). The Monte-Carlo
     noise of the mean-field response the influence functions are pushed through is not in it:
     late in training the scatter of ``ntk`` over keys is ~1.3x the stated error (two-layer
-    tanh, t = 30; 1.0x at t = 0).
+    tanh, t = 30; 1.0x at t = 0). ``delta_sum_stderr`` (T+1,) the error of sum_mu ``delta``.
     With ``kernels=True`` (deep linear networks): ``phi`` (L, T+1, P, P) = N Var[Phi^l_mu nu(t, t)]
     and ``g`` (L, T+1) = N Var[G^l(t, t)] of every layer, and their means ``mean_phi``,
     ``mean_g``; otherwise None.
@@ -45,6 +45,7 @@ class Propagator(NamedTuple):
     params: dict
     delta_stderr: np.ndarray | None = None
     ntk_stderr: np.ndarray | None = None
+    delta_sum_stderr: np.ndarray | None = None
     phi: np.ndarray | None = None
     g: np.ndarray | None = None
     mean_phi: np.ndarray | None = None
@@ -189,9 +190,11 @@ def _two_layer_mc(Kx, y, gamma0, eta, key, *, steps, activation, update, samples
     var_ntk = jnp.sum(dev_K ** 2, axis=-1) / (S - 1)
     # standard error of a variance estimated from S samples: sqrt((E dev^4 - var^2) / S)
     # (variance_stderr's formula at large S, in the compiled program)
-    se = lambda dev: jnp.sqrt(jnp.maximum(jnp.mean(dev ** 4, axis=-1)
-                                          - jnp.mean(dev ** 2, axis=-1) ** 2, 0.0) / S)
-    return cov, var_ntk, mean_delta, mean_ntk, (se(dev_d), se(dev_K))
+    se = lambda d2: jnp.sqrt(jnp.maximum(jnp.mean(d2 ** 2, axis=-1)
+                                         - jnp.mean(d2, axis=-1) ** 2, 0.0) / S)
+    # (and of the sum over examples of the variances: the examples' errors are correlated)
+    return cov, var_ntk, mean_delta, mean_ntk, (se(dev_d ** 2), se(dev_K ** 2),
+                                                se(jnp.sum(dev_d ** 2, axis=1)))
 
 
 def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", samples=None,
@@ -363,4 +366,6 @@ def _propagator_result(cov, var_ntk, mean_delta, mean_ntk, stderr, params):
                       ntk=var_ntk, mean_delta=np.asarray(mean_delta, np.float64),
                       mean_ntk=np.asarray(mean_ntk, np.float64), params=params,
                       delta_stderr=None if stderr is None else np.asarray(stderr[0], np.float64),
-                      ntk_stderr=None if stderr is None else np.asarray(stderr[1], np.float64))
+                      ntk_stderr=None if stderr is None else np.asarray(stderr[1], np.float64),
+                      delta_sum_stderr=None if stderr is None else np.asarray(stderr[2],
+                                                                              np.float64))
