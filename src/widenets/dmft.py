@@ -1038,14 +1038,17 @@ def band(sol, sigmas=3.0):
     """Half-width of a band around ``sol.loss`` with the coverage of +-``sigmas`` Gaussian
     standard deviations (99.7% for 3), allowing for ``loss_stderr`` being itself estimated from
     ``repeats`` solves: Student's t quantile with repeats - 1 degrees of freedom times
-    ``loss_stderr`` (3 s.e. become 10.2 estimated s.e. at 4 repeats, 5.0 at 8, 3.9 at 16)."""
+    ``loss_stderr`` (3 s.e. become 9.2 estimated s.e. at 4 repeats, 4.5 at 8, 3.6 at 16)."""
     from scipy import stats
     sigmas = _checks.nonnegative(sigmas, "sigmas", strict=True)
-    repeats = sol.params.get("repeats") if isinstance(sol.params, dict) else None
-    if not repeats:
-        raise ValueError("sol must be a Monte-Carlo solution (with params['repeats'])")
-    coverage = stats.norm.cdf(sigmas)
-    return float(stats.t.ppf(coverage, repeats - 1)) * sol.loss_stderr
+    params = getattr(sol, "params", None)
+    repeats = params.get("repeats") if isinstance(params, dict) else None
+    if not repeats or getattr(sol, "loss_stderr", None) is None:
+        raise ValueError("sol must be a Monte-Carlo solution of wn.dmft.nonlinear (with "
+                         f"params['repeats'] and loss_stderr); got {type(sol).__name__}")
+    # the upper tail's probability, not the coverage: norm.cdf(9) rounds to 1, whose t quantile
+    # is infinite
+    return float(stats.t.isf(stats.norm.sf(sigmas), repeats - 1)) * sol.loss_stderr
 
 
 def kernel_stderr(sol, t=-1):

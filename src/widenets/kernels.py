@@ -283,9 +283,19 @@ def relative_frobenius(A, B):
 def alignment(A, B):
     """Kernel alignment ``<A, B>_F / (|A|_F |B|_F)`` (cosine similarity of two matrices)."""
     A, B, xp = _pair(A, B)
+    if xp is np:
+        if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B))):
+            raise ValueError("A and B must be finite; got " + ("A" if not np.all(np.isfinite(A))
+                                                              else "B") + " with inf or NaN")
+        # each scaled by its largest entry first: kernels of 1e200 would overflow the norms
+        sA, sB = np.abs(A).max(), np.abs(B).max()
+        if sA == 0 or sB == 0:
+            raise ValueError(f"{'A' if sA == 0 else 'B'} is zero: its alignment is undefined")
+        A, B = A / sA, B / sB
+    else:
+        A = A / jnp.max(jnp.abs(A))
+        B = B / jnp.max(jnp.abs(B))
     nA, nB = xp.linalg.norm(A.ravel()), xp.linalg.norm(B.ravel())
-    if xp is np and (nA == 0 or nB == 0):
-        raise ValueError(f"{'A' if nA == 0 else 'B'} is zero: its alignment is undefined")
     return xp.vdot(A, B) / (nA * nB)
 
 

@@ -106,6 +106,12 @@ def spread_band(ax, t, samples, mean, var, width, *, sigmas=2.0, color="C0", max
         raise ValueError(f"samples must be (n, T+1) and t, mean, var (T+1,); got shapes "
                          f"{samples.shape}, {t.shape}, {mean.shape}, {var.shape}")
     width = _checks.positive_int(width, "width")
+    sigmas = _checks.nonnegative(sigmas, "sigmas", strict=True)
+    max_lines = _checks.positive_int(max_lines, "max_lines", minimum=0)
+    # (a variance may come out at -1e-17 from round-off; a clearly negative one is an error)
+    if not np.all(np.isfinite(var)) or np.any(var < -1e-9 * np.abs(var).max()):
+        raise ValueError(f"var (N Var of the quantity) must be finite and >= 0; got min "
+                         f"{var.min()!r}")
     half = sigmas * np.sqrt(np.clip(var, 0.0, None) / width)
     for s in samples[:max_lines]:
         ax.plot(t, s, color=color, alpha=0.25, lw=0.8)

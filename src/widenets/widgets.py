@@ -378,6 +378,7 @@ def _image_task(X, y, X_test, y_test):
 def loss_increases(loss, rtol=1e-3):
     """Number of steps at which a training loss rose by more than ``rtol`` (relative), per run:
     ``loss`` (n_runs, T+1) -> (n_runs,) integers; a non-finite loss counts as a rise."""
+    rtol = _checks.nonnegative(rtol, "rtol")
     loss = np.asarray(loss, np.float64)
     if loss.ndim != 2 or loss.shape[1] < 2:
         raise ValueError(f"loss must have shape (n_runs, T+1) with T >= 1; got {loss.shape}")
