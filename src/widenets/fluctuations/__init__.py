@@ -27,5 +27,5 @@ from .propagator import MeanField, Propagator, propagator
 from .online import OnlineError, online_error, online_networks
 
 __all__ = ["Ensemble", "ensemble", "init_kernel_covariance", "init_ntk_covariance",
-           "init_relative_covariance", "lazy_delta_variance", "variance_stderr", "MeanField", "Propagator", "propagator",
-           "OnlineError", "online_error", "online_networks"]
+           "init_relative_covariance", "lazy_delta_variance", "variance_stderr", "MeanField",
+           "Propagator", "propagator", "OnlineError", "online_error", "online_networks"]

@@ -39,8 +39,8 @@ half the index is swept: each sweep is one K product (two products of (n, n) mat
 layer, n = 2 (T + 1) (P + 1), using the zero block of C) and one Hessian-vector product of V on
 the eight blocks of Y_l that V reads. Sweeps, to the last term above round-off plus three
 (one example, eta = 0.05): depth 2: 13, 19-21, 25-32 at t = 5, 10, 20; depth 4: 24, 38-43,
-53-73 (the more at gamma0 = 2 than at 0.5). No Hessian is formed, nothing is inverted. The cost grows
-like T^4 to T^5 (depth 4, one example: 2 s at T = 30, 306 s at T = 100); for one example
+53-73 (the more at gamma0 = 2 than at 0.5). No Hessian is formed, nothing is inverted. The cost
+grows like T^4 to T^5 (depth 4, one example: 2 s at T = 30, 306 s at T = 100); for one example
 :mod:`widenets.fluctuations.conditioning` computes the same numbers in seconds at T = 300.
 """
 from __future__ import annotations
