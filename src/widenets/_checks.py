@@ -78,7 +78,8 @@ def is_traced(x) -> bool:
 def memory_limit() -> int:
     """Bytes a single request may use: on an accelerator, 90% of what its allocator has left
     (XLA's pool, ``bytes_limit``, minus the buffers in use); on a CPU, 70% of the machine's
-    physical memory. ``WIDENETS_MEMORY_LIMIT`` (bytes) overrides both."""
+    physical memory, or less when a container's cgroup or ``ulimit -v`` allows less
+    (:func:`_imposed_limit`). ``WIDENETS_MEMORY_LIMIT`` (bytes) overrides all of these."""
     import os
     env = os.environ.get("WIDENETS_MEMORY_LIMIT", "").strip()
     if env:
@@ -98,7 +99,36 @@ def memory_limit() -> int:
                 return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
     except Exception:   # no backend details: fall back to the host's memory
         pass
-    return int(0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    limit = 0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(min(limit, _imposed_limit()))
+
+
+def _imposed_limit() -> float:
+    """What a limit imposed on this process leaves free (inf when none): a cgroup's memory.max
+    (containers, CI runners) minus its usage, and an address-space limit (``ulimit -v``) minus
+    the address space in use; 90% of the smallest."""
+    import resource
+    free = [float("inf")]
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            cap = f.read().strip()
+        if cap != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                free.append(float(cap) - float(f.read().strip()))
+    except (OSError, ValueError):
+        pass
+    for which in ("RLIMIT_AS", "RLIMIT_DATA"):
+        soft = resource.getrlimit(getattr(resource, which))[0]
+        if soft != resource.RLIM_INFINITY:
+            try:
+                with open("/proc/self/status") as f:
+                    field = "VmSize" if which == "RLIMIT_AS" else "VmData"
+                    used = next(float(line.split()[1]) * 1024 for line in f
+                                if line.startswith(field + ":"))
+            except (OSError, StopIteration, ValueError):
+                used = 0.0
+            free.append(soft - used)
+    return 0.9 * max(min(free), 0.0)
 
 
 def fits(nbytes: float, argname: str, what: str) -> None:
@@ -158,11 +188,29 @@ def finite(A, argname: str) -> None:
                          f"({int(bad.sum())} of {bad.size})")
 
 
+def representable(A, argname: str, power: int = 1) -> None:
+    """Refuse entries whose ``power``-th power overflows JAX's working float type (float32
+    unless float64 is enabled): an input of 1e200 would become inf on conversion, a target
+    whose square overflows makes the loss inf. Traced arrays pass."""
+    if is_traced(A) or np.size(A) == 0:
+        return
+    dt = np.dtype(np.float64 if _x64() else np.float32)
+    big = float(np.max(np.abs(np.asarray(A, np.float64))))
+    limit = (float(np.finfo(dt).max) / 16) ** (1.0 / power)
+    if big > limit:
+        what = "" if power == 1 else (" when squared (in the loss and the kernels)"
+                                      if power == 2 else f" in its {power}th power")
+        raise ValueError(f"{argname} is too large for {dt.name}: its largest entry {big:.3g} "
+                         f"overflows{what} (limit {limit:.3g}); rescale {argname}"
+                         + ("" if dt == np.float64 else " or enable float64"))
+
+
 def inputs(X, argname: str = "X") -> np.ndarray:
     X = real_array(X, argname)
     if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
         raise ValueError(f"{argname} must have shape (P, D) with P, D >= 1; got shape {X.shape}")
     finite(X, argname)
+    representable(X, argname)
     return X
 
 
@@ -171,6 +219,7 @@ def targets(y, P: int, argname: str = "y") -> np.ndarray:
     if y.ndim != 1 or y.shape[0] != P:
         raise ValueError(f"{argname} must have shape ({P},) to match the inputs; got shape {y.shape}")
     finite(y, argname)
+    representable(y, argname, power=2)
     return y
 
 
@@ -190,7 +239,7 @@ def kernel_matrix(K, argname: str = "Kx", P: int | None = None, tol: float = 1e-
     asym = float(np.max(np.abs(K - K.T)))
     if asym > tol * scale:
         raise ValueError(f"{argname} must be symmetric; max |K - K^T| is {asym:.3g}")
-    lam = float(np.linalg.eigvalsh((K + K.T) / 2)[0])
+    lam = float(np.linalg.eigvalsh(K / 2 + K.T / 2)[0])
     if lam < -1e-6 * scale:
         raise ValueError(f"{argname} must be symmetric positive semi-definite; "
                          f"smallest eigenvalue is {lam:.3g}")
@@ -200,3 +249,48 @@ def kernel_matrix(K, argname: str = "Kx", P: int | None = None, tol: float = 1e-
 def _x64() -> bool:
     import jax
     return bool(jax.config.jax_enable_x64)
+
+
+def stable_eta(K0, P: int) -> float:
+    """The largest stable learning rate 2P / lambda_max(K) of the error dynamics
+    ``delta <- delta - (eta/P) K delta`` at kernel ``K0`` (inf for a zero kernel, NaN when
+    ``K0`` is not finite)."""
+    K0 = np.asarray(K0, np.float64)
+    if not np.all(np.isfinite(K0)):
+        return float("nan")
+    lam = float(np.linalg.eigvalsh(K0 / 2 + K0.T / 2)[-1])
+    return 2 * P / lam if lam > 0 else float("inf")
+
+
+GROWTH = 10.0   # a final loss this many times the initial one is reported as divergence
+
+
+def divergence(loss, K0, eta: float, what: str, stable_cause: str) -> str | None:
+    """A message when a trajectory diverged, else None.
+
+    Diverged means: a non-finite loss, a final loss above ``GROWTH`` times the initial one, or,
+    with eta above the stable rate, a final loss above the initial one (a catapult that comes
+    back down is not divergence). The message names eta and the stable
+    learning rate 2P/lambda_max(K(0)); when eta is below it, ``stable_cause`` says what grew
+    instead (the kernel under feature learning, an expansion in gamma0, ...)."""
+    loss = np.asarray(loss, np.float64).reshape(len(loss), -1).max(axis=1)
+    P = np.shape(K0)[-1]
+    eta_max = stable_eta(K0, P)
+    finite = np.isfinite(loss)
+    if np.all(finite):
+        l0, lT = float(loss[0]), float(loss[-1])
+        unstable = np.isfinite(eta_max) and eta > eta_max
+        if not (l0 > 0 and (lT > GROWTH * l0 or (unstable and lT > l0))):
+            return None
+        grew = f"the loss grew from {l0:.3g} to {lT:.3g} in {len(loss) - 1} steps"
+    else:
+        grew = f"the loss is not finite from step {int(np.argmin(finite))}"
+    if np.isfinite(eta_max) and eta > eta_max:
+        cause = (f"eta={eta:g} is above the stable learning rate 2P/lambda_max(K(0)) = "
+                 f"{eta_max:.3g}: lower eta")
+    elif np.isnan(eta_max):
+        cause = "the initial kernel is not finite (the inputs' scale or gamma0)"
+    else:
+        cause = (f"eta={eta:g} is below the stable learning rate 2P/lambda_max(K(0)) = "
+                 f"{eta_max:.3g}, so {stable_cause}")
+    return f"{what} diverged: {grew}; {cause}"

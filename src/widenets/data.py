@@ -120,7 +120,9 @@ def teacher_task(key, P: int, D: int, *, P_test: int = 0, activation: str = "tan
                          f"standardised; use more points or another key")
     y = (z - z.mean()) / z.std()
     if noise > 0:
-        y = y + noise * jax.random.normal(kn, z.shape)
+        n = jax.random.normal(kn, z.shape)
+        # (y + noise n) and (y / noise + n) standardise alike; the second cannot overflow
+        y = y + noise * n if noise <= 1 else y * (1.0 / noise) + n
         y = (y - y.mean()) / y.std()
     if P_test == 0:
         return Task(X, y)

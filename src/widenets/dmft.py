@@ -123,21 +123,17 @@ def _need(Kx, steps, depth, what, per_layer_square, extra=0.0):
     _checks.fits(square + extra, argname, what)
 
 
-def _diagnose(delta, ntk, eta, what):
-    """A warning that says why a solve produced non-finite numbers."""
-    P = delta.shape[-1]
-    K0 = np.asarray(ntk[0], np.float64)
-    if np.all(np.isfinite(K0)):
-        lam = float(np.linalg.eigvalsh((K0 + K0.T) / 2)[-1])
-        eta_max = 2 * P / lam if lam > 0 else np.inf
-        if eta > eta_max:
-            return (f"{what} diverged (non-finite results): eta={eta} is above the stable "
-                    f"learning rate 2P/lambda_max(K(0)) = {eta_max:.3g}")
-    bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(delta).reshape(delta.shape[0], -1)), 1))
-    when = f" from step {int(bad[0])}" if bad.size else ""
-    return (f"{what} produced non-finite numbers{when} although eta={eta} is below the stable "
-            "learning rate at initialisation: the fields overflowed (gamma0, the input scale "
-            "or the kernels' growth exceed the floating-point range; try float64)")
+def _diagnose(loss, ntk, eta, what, stable_cause=None):
+    """A warning message when a solve diverged (a non-finite loss, or a final loss above
+    ``_checks.GROWTH`` times the initial one), naming eta and the stable learning rate; None
+    otherwise. Non-finite kernels under a finite loss are reported too."""
+    cause = stable_cause or ("the kernel grew during training (gamma0 too large for this eta) or "
+                             "the fields overflowed: lower gamma0 or eta, or use float64")
+    msg = _checks.divergence(loss, np.asarray(ntk[0]), eta, what, cause)
+    if msg is None and not _all_finite((ntk,)):
+        msg = (f"{what}: the kernels hold NaN or infinite values although the loss is finite "
+               "(the fields overflowed: lower gamma0, rescale the inputs or use float64)")
+    return msg
 
 
 # ----------------------------------------------------------------------------- causal solver
@@ -403,9 +399,10 @@ def deep_linear(Kx, y, *, depth, gamma0, eta, steps, method="causal", responses=
         check = _dense_map(Kx, y, g0, et, delta, *fields[2:], update=update, **args)
         residuals.append(_residual((delta, Phi, G), (check[0], check[2], check[3])))
     residuals = np.asarray(residuals if finite else [np.inf])
-    converged = bool(finite and residuals[-1] < tol)
-    if not finite:
-        warnings.warn(_diagnose(delta, ntk, eta, "DMFT solve"), RuntimeWarning, stacklevel=2)
+    diverged = _diagnose(loss, ntk, eta, "DMFT solve")
+    converged = bool(finite and residuals[-1] < tol and diverged is None)
+    if diverged is not None:
+        warnings.warn(diverged, RuntimeWarning, stacklevel=2)
     elif not converged:
         warnings.warn(f"DMFT solve not converged: residual {residuals[-1]:.3g} > tol {tol:.3g}",
                       RuntimeWarning, stacklevel=2)
@@ -528,15 +525,20 @@ def perturbative(Kx, y, *, depth, gamma0, eta, steps, activation="linear", sampl
                                           jnp.asarray(gamma0, Kx.dtype), et)
     T1, P = steps + 1, Kx.shape[0]
     finite = bool(_all_finite((delta, loss, ntk, Phi, G)))
-    if not finite:
-        warnings.warn(_diagnose(delta, ntk, eta, "perturbative solve"), RuntimeWarning,
-                      stacklevel=2)
+    diverged = _diagnose(loss, ntk, eta, "perturbative solve", _PERTURBATIVE_CAUSE.format(gamma0))
+    if diverged is not None or not finite:
+        warnings.warn(diverged or "perturbative solve: the fields are not finite (lower gamma0)",
+                      RuntimeWarning, stacklevel=2)
     return DMFTSolution(delta=delta, loss=loss, ntk=ntk,
                         phi=Phi.reshape(depth, T1, P, T1, P), g=G,
-                        residuals=np.zeros(0), converged=finite, method="perturbative",
+                        residuals=np.zeros(0), converged=finite and diverged is None,
+                        method="perturbative",
                         params=dict(depth=depth, gamma0=gamma0, eta=eta, steps=steps))
 
 
+_PERTURBATIVE_CAUSE = ("the expansion to order gamma0^2 left its range: it holds for small gamma0 "
+                       "(gamma0={:g} here; the correction grows like gamma0^2): lower gamma0, or "
+                       "use deep_linear / nonlinear for the full solution")
 _LINEAR_SECOND_ORDER: dict = {}
 
 
@@ -1257,11 +1259,15 @@ def _finish(delta, loss_stderr, ntk, Phi, G, h, z, *, method, params, residuals,
     a self-consistency residual above ``tol``."""
     loss, Phi, G = _package(delta, Phi, G)
     finite = bool(_all_finite((delta, loss, loss_stderr, ntk, Phi, G)))
+    diverged = _diagnose(loss, ntk, params["eta"], what)
     if not finite:
-        warnings.warn(_diagnose(delta, ntk, params["eta"], what), RuntimeWarning, stacklevel=3)
         residuals = np.asarray([np.inf])
-    converged = finite and (len(residuals) == 0 or bool(residuals[-1] < tol))
-    if finite and not converged:
+    if diverged is not None or not finite:
+        warnings.warn(diverged or f"{what}: the fields are not finite (lower gamma0 or eta)",
+                      RuntimeWarning, stacklevel=3)
+    converged = finite and diverged is None and (len(residuals) == 0
+                                                 or bool(residuals[-1] < tol))
+    if finite and diverged is None and not converged:
         warnings.warn(f"{what} not self-consistent: kernels re-estimated from fresh samples "
                       f"differ by {residuals[-1]:.3g} times their expected Monte-Carlo "
                       f"difference, more than tol = {tol:.3g}", RuntimeWarning, stacklevel=3)

@@ -23,9 +23,9 @@ from . import _checks
 from . import nets as _nets
 from .nets import MLP, apply, scalings
 
-# analytic kernels are evaluated layer by layer (no compiled unroll), but every layer costs a
-# kernel evaluation (for tanh a 32 x 32-point quadrature per pair of inputs): deeper requests
-# are refused rather than left to run for minutes.
+# analytic kernels are evaluated layer by layer (a scan over the identical hidden layers: one
+# compilation for any depth), but every layer costs a kernel evaluation (for tanh a 32 x 32-
+# point quadrature per pair of inputs): deeper requests are refused rather than left to run.
 MAX_ANALYTIC_DEPTH = 1000
 
 
@@ -142,14 +142,16 @@ def _analytic_program(depth: int, activation: str):
         readout = stax.Dense(1, W_std=1.0, parameterization="ntk")[2]
 
         def run(X, X2):
-            phis = []
             k = block(X, X2, get=None)
-            phis.append(k.nngp)
-            for _ in range(1, depth):
-                k = block(k, get=None)
-                phis.append(k.nngp)
+            first = k.nngp
+            if depth > 1:     # the identical layers 2..L as a scan: compiled once for any depth
+                k, rest = jax.lax.scan(lambda k, _: (block(k, get=None),) * 2, k, None,
+                                       length=depth - 1)
+                phis = jnp.concatenate([first[None], rest.nngp])
+            else:
+                phis = first[None]
             k = readout(k, get=None)
-            return AnalyticKernels(ntk=k.ntk, nngp=k.nngp, phi=jnp.stack(phis))
+            return AnalyticKernels(ntk=k.ntk, nngp=k.nngp, phi=phis)
 
         _ANALYTIC[depth, activation] = jax.jit(run)
     return _ANALYTIC[depth, activation]
@@ -676,14 +678,19 @@ def cnn_analytic(X, X2=None, *, depth, activation="relu", batch_size=None) -> An
         budget = min(CNN_TILE_BYTES, _checks.memory_limit() // 2)
         b = max(P, P2)
         if tile_bytes(b, b) > budget:    # the largest square block within the budget, ...
-            b = max(1, int((np.sqrt(per_image ** 2 + per_pair * budget) - per_image) / per_pair))
+            b = max(1, int((np.sqrt(float(per_image) ** 2 + float(per_pair) * budget)
+                            - per_image) / per_pair))
             b = -(-max(P, P2) // -(-max(P, P2) // b))    # ... evened out to waste little padding
     else:
         b = _checks.positive_int(batch_size, "batch_size")
     b1, b2 = min(b, P), min(b, P2)
-    _checks.fits(tile_bytes(b1, b2) + itemsize * (depth + 2) * P * P2,
-                 "the number of images in X / X2 (or batch_size)" if batch_size is None
-                 else "batch_size (or the number of images in X / X2)",
+    if tile_bytes(1, 1) > _checks.memory_limit():     # not even one pair of images fits
+        argname = f"the image size {H}x{W} (e.g. downsample X)"
+    elif batch_size is None:
+        argname = "the number of images in X / X2 (or batch_size)"
+    else:
+        argname = "batch_size (or the number of images in X / X2)"
+    _checks.fits(tile_bytes(b1, b2) + itemsize * (depth + 2) * P * P2, argname,
                  f"analytic {activation} CNN kernels of {P} x {P2} images of {H}x{W} pixels in "
                  f"blocks of {b1} x {b2} ((H W)^2 = {(H * W) ** 2} covariance entries per pair)")
     tile = _cnn_tile_fn(depth, activation)
@@ -742,7 +749,7 @@ def kernel_regression(K, y, K_test, *, ridge=0.0):
         raise ValueError(f"K_test must have shape (P_test, {P}); got {K_test.shape}")
     _checks.finite(K_test, "K_test")
     ridge = _checks.nonnegative(ridge, "ridge")
-    A = (K + K.T) / 2 + ridge * np.eye(P)
+    A = K / 2 + K.T / 2 + ridge * np.eye(P)
     lam = np.linalg.eigvalsh(A)
     if not lam[0] > P * np.finfo(np.float64).eps * max(lam[-1], 0.0):
         raise ValueError(f"K + ridge I is singular to working precision (eigenvalues "
@@ -754,4 +761,12 @@ def kernel_regression(K, y, K_test, *, ridge=0.0):
         raise ValueError(f"K + ridge I is not positive definite (ridge={ridge:g}): pass a "
                          f"larger ridge") from None
     alpha = scipy.linalg.cho_solve(factor, y.astype(np.float64), check_finite=False)
-    return K_test.astype(np.float64) @ alpha
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = K_test.astype(np.float64) @ alpha
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"the predictions overflow float64: K + ridge I is nearly singular "
+                         f"(condition number {lam[-1] / lam[0]:.3g}, ridge={ridge:g}) for targets "
+                         f"y up to {float(np.max(np.abs(y))):.3g} and K_test up to "
+                         f"{float(np.max(np.abs(K_test))):.3g}: pass a larger ridge or rescale "
+                         f"y and the kernels")
+    return out

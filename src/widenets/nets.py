@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
+from . import _checks, _progress
 from ._checks import ACTIVATIONS, PARAMETERIZATIONS
 
 
@@ -124,9 +124,10 @@ def _itemsize() -> int:
     return 8 if _checks._x64() else 4
 
 
-def _params(net: MLP, params, argname: str = "params") -> list:
-    """The weights of ``net``: a list of arrays of :func:`param_shapes`, finite when concrete."""
-    shapes = _param_shapes(net)
+def _params(net, params, argname: str = "params") -> list:
+    """The weights of ``net`` (an MLP or a CNN): a list of arrays of :func:`param_shapes` (or
+    :func:`cnn_param_shapes`), finite when concrete."""
+    shapes = _cnn_param_shapes(net) if isinstance(net, CNN) else _param_shapes(net)
     if not isinstance(params, (list, tuple)):
         raise ValueError(f"{argname} must be the list of {len(shapes)} weight arrays of this "
                          f"network (from init_params); got {type(params).__name__}")
@@ -165,7 +166,7 @@ def _inputs_for(net: MLP, X, argname: str = "X"):
     return X
 
 
-def _finite_or_warn(out, name: str, net: MLP, X):
+def _finite_or_warn(out, name: str, net, X):
     """``out``, after a RuntimeWarning naming the likely cause if a concrete result holds NaN or
     infinite values (the inputs and weights were checked finite, so something overflowed)."""
     leaves = jax.tree_util.tree_leaves(out)
@@ -176,10 +177,14 @@ def _finite_or_warn(out, name: str, net: MLP, X):
     import warnings
     warnings.warn(f"{name}: the result holds NaN or infinite values: {np.dtype(X.dtype).name} "
                   f"overflowed (largest input |x| = {float(jnp.max(jnp.abs(X))):.3g}, gamma0="
-                  f"{net.gamma0:g}, readout multiplier {_scalings(net).multiplier[-1]:.3g}); "
+                  f"{net.gamma0:g}, readout multiplier {_any_scalings(net).multiplier[-1]:.3g}); "
                   f"rescale the inputs (e.g. wn.data.normalize), increase gamma0 or enable float64",
                   RuntimeWarning, stacklevel=3)
     return out
+
+
+def _any_scalings(net) -> Scalings:
+    return _cnn_scalings(net) if isinstance(net, CNN) else _scalings(net)
 
 
 def _forward_bytes(net: MLP, P: int) -> int:
@@ -283,6 +288,14 @@ def abc_exponents(parameterization: str, depth: int = 2, D: int = 10) -> dict:
             "a0": tuple(clean(x + shift) for x in a), "b0": tuple(clean(x - shift) for x in b)}
 
 
+def _weights_argname(net: MLP) -> str:
+    """The argument that sets the number of weights: the width, or the input dimension D when
+    the first layer's D x N weights are most of them."""
+    if net.D * net.width > n_params(net) / 2 and net.D > net.width:
+        return f"the input dimension D={net.D} (columns of X) or width"
+    return "width"
+
+
 def init_params(net: MLP, key, n_seeds: int | None = None) -> list:
     """Independent Gaussian weights for every layer (one key per layer, never reused).
 
@@ -296,12 +309,12 @@ def init_params(net: MLP, key, n_seeds: int | None = None) -> list:
     net = _net(net)
     key = _checks.prng_key(key, "key")
     if n_seeds is None:
-        _checks.fits(2 * n_params(net) * _itemsize(), "width",
+        _checks.fits(2 * n_params(net) * _itemsize(), _weights_argname(net),
                      f"the {n_params(net):,} weights of a width-{net.width}, depth-{net.depth} "
                      f"network")
         return _init_params(net, key)
     n_seeds = _checks.positive_int(n_seeds, "n_seeds")
-    _checks.fits(2 * n_seeds * n_params(net) * _itemsize(), "width or n_seeds",
+    _checks.fits(2 * n_seeds * n_params(net) * _itemsize(), _weights_argname(net) + " or n_seeds",
                  f"the weights of {n_seeds} width-{net.width}, depth-{net.depth} networks")
     unit = _unit_normals(_param_shapes(net), jax.random.split(key, n_seeds))
     return [w if s == 1.0 else s * w for s, w in zip(_scalings(net).init_std, unit)]
@@ -622,11 +635,12 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
     keys = jax.random.split(key, n_seeds)
     trainer = _lowrank_trainer if _checks.flag(lowrank, "lowrank") else _trainer
     run = trainer(_program_net(net), steps, record_every, X_test is not None, center)
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = run(_unit_normals(_param_shapes(net), keys), X, y,
-                  X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
-                  jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype),
-                  _scalings_args(_scalings(net), X.dtype))
+    with np.errstate(over="ignore", invalid="ignore"), _progress.reporting("train_mlp"):
+        out = jax.block_until_ready(run(
+            _unit_normals(_param_shapes(net), keys), X, y,
+            X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
+            jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype),
+            _scalings_args(_scalings(net), X.dtype)))
     loss, delta, f_test, ntk, phi, g, params = out
     times = np.arange(0, steps + 1, record_every)
     _warn_if_not_finite(net, X, eta, loss, delta, f_test if X_test is not None else None,
@@ -648,7 +662,7 @@ def _train_bytes(net: MLP, P: int, P_test: int = 0, *, steps: int, record_every:
     L, N = net.depth, net.width
     n_rec = steps // record_every + 1
     terms = {
-        "width": 4 * n_params(net) + 8 * (P + P_test) * N * L,
+        _weights_argname(net): 4 * n_params(net) + 8 * (P + P_test) * N * L,
         "record_every (record the kernels less often) or the number of rows of X":
             2 * n_rec * (2 * L + 1) * P * P,
         "steps": 3 * (steps + 1) * (1 + P + P_test),
@@ -708,6 +722,17 @@ def _check_scales(net: MLP, X, eta: float, center: bool) -> None:
                       f"{' minus its initial value' if center else ''} (~{f_scale * float(fi.eps):.2g}) "
                       f"is comparable to targets of size 1; increase gamma0 or enable float64",
                       RuntimeWarning, stacklevel=3)
+
+
+def _not_eta_cause(net, X, y) -> str:
+    """Why a loss is not finite at initialisation, before any step (eta is never the cause)."""
+    y_max = float(np.max(np.abs(np.asarray(y, np.float64))))
+    x = ("" if X is None else
+         f", the inputs (largest |x| {float(np.max(np.abs(np.asarray(X, np.float64)))):.3g})")
+    return (f"the loss is not finite already at initialisation, before any step, so eta is not "
+            f"the cause: the targets (largest |y| {y_max:.3g}){x} or the output's scale "
+            f"(gamma0={net.gamma0:g}, {net.parameterization!r} parameterisation, width "
+            f"{net.width}) overflow; rescale them, increase gamma0 or enable float64")
 
 
 def _warn_if_not_finite(net, X, eta, loss, delta, f_test, ntk, phi, g, times) -> None:
@@ -793,18 +818,19 @@ def _trainer(net: MLP, steps: int, record_every: int, with_test: bool, center: b
             f = out(p, X, f_init)
             return 0.5 * jnp.mean((f - y) ** 2), f
 
-        def step(p, _):
+        def step(p, t):
+            _progress.tick(t, steps)
             (loss, f), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
             ft = out(p, X_test, ft_init) if with_test else jnp.zeros((0,), X.dtype)
             p = jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, grads)
             return p, (loss, y - f, ft)
 
-        def chunk(p, _):
+        def chunk(p, c):
             k = _kernels(net, p, X, sc)
-            p, rec = jax.lax.scan(step, p, None, length=record_every)
+            p, rec = jax.lax.scan(step, p, c * record_every + jnp.arange(record_every))
             return p, (k, rec)
 
-        params, (ks, (loss, delta, ft)) = jax.lax.scan(chunk, params, None, length=n_chunks)
+        params, (ks, (loss, delta, ft)) = jax.lax.scan(chunk, params, jnp.arange(n_chunks))
         k_end = _kernels(net, params, X, sc)
         f_end = out(params, X, f_init)
         ft_end = out(params, X_test, ft_init) if with_test else jnp.zeros((0,), X.dtype)
@@ -948,10 +974,19 @@ def coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", g
         lr = jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype)
         run = _coord_runner(net, steps)
         unit = _unit_normals(_param_shapes(net), jax.random.split(key, n_seeds))
-        hs0, dhs, dfs = run(unit, X, y, lr, _scalings_args(_scalings(net), X.dtype))
+        with _progress.reporting(f"coord_check (width {net.width})"):
+            hs0, dhs, dfs = jax.block_until_ready(
+                run(unit, X, y, lr, _scalings_args(_scalings(net), X.dtype)))
         h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
         dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
         df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))
+    return _coord_result(widths, h_size, dh_size, df_size, parameterization, X, eta,
+                         "coord_check")
+
+
+def _coord_result(widths, h_size, dh_size, df_size, parameterization, X, eta, name):
+    """The :class:`CoordCheck`, after a RuntimeWarning naming the cause when a size is not
+    finite (the updates diverged)."""
     out = CoordCheck(np.asarray(widths), np.stack(h_size), np.stack(dh_size), np.stack(df_size),
                      parameterization)
     if not all(np.all(np.isfinite(a)) for a in out[1:4]):
@@ -959,10 +994,11 @@ def coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", g
         x_rms = float(np.sqrt(np.mean(np.square(np.asarray(X, np.float64)))))
         cause = (f"the inputs' scale (RMS {x_rms:.3g}; normalised inputs have RMS 1) or eta={eta:g}"
                  if x_rms > 10 else f"eta={eta:g}")
-        warnings.warn(f"coord_check: non-finite coordinate sizes (the updates diverged): "
-                      f"{cause} is too large for the {parameterization!r} parameterisation at "
-                      f"width(s) {[int(w) for w, a in zip(widths, dh_size) if not np.all(np.isfinite(a))]}",
-                      RuntimeWarning, stacklevel=2)
+        bad = [int(w) for w, a, b in zip(widths, dh_size, h_size)
+               if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)))]
+        warnings.warn(f"{name}: non-finite coordinate sizes (the updates diverged): {cause} is "
+                      f"too large for the {parameterization!r} parameterisation at width(s) {bad}",
+                      RuntimeWarning, stacklevel=3)
     return out
 
 
@@ -998,13 +1034,14 @@ def _coord_runner(net, steps: int):
         def loss_fn(p):
             return 0.5 * jnp.mean((output(p, X, sc) - y) ** 2)
 
-        def step(p, _):
+        def step(p, t):
+            _progress.tick(t, steps)
             p = jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, jax.grad(loss_fn)(p))
             hs, f = forward(p, X, sc)
             dh = jnp.stack([jnp.mean((h - h0) ** 2) for h, h0 in zip(hs, hs0)])
             return p, (dh, jnp.mean((f - f0) ** 2))
 
-        _, (dh, df) = jax.lax.scan(step, params, None, length=steps)
+        _, (dh, df) = jax.lax.scan(step, params, jnp.arange(steps))
         return jnp.stack([jnp.mean(h ** 2) for h in hs0]), dh, df
 
     run = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None)))
@@ -1059,6 +1096,7 @@ def train_online(D, beta_star, *, depth, width, activation="linear", gamma0=1.0,
     if bs.shape != (D,):
         raise ValueError(f"beta_star must have shape ({D},) (D={D}); got shape {bs.shape}")
     _checks.finite(bs, "beta_star")
+    _checks.representable(bs, "beta_star", power=2)
     net = make_mlp(D, depth=depth, width=width, activation=activation,
                    parameterization=parameterization, gamma0=gamma0)
     eta = _checks.nonnegative(eta, "eta")
@@ -1079,27 +1117,32 @@ def train_online(D, beta_star, *, depth, width, activation="linear", gamma0=1.0,
     # its batches never pass through the layers) or of a batch and the test set (nonlinear),
     # the records
     B = 0 if batch_size is None else batch_size
-    acts = D if linear else 2 * B + n_test
-    per_seed = (4 * n_params(net) + 8 * acts * net.width * net.depth + 2 * B * D
-                + (0 if linear else n_test * D) + 3 * (steps + 1) * (D + 1))
-    _checks.fits(n_seeds * _itemsize() * per_seed,
-                 "width or batch_size" + (" or n_seeds" if n_seeds > 1 else ""),
+    # (a linear network reads beta off the D probe inputs sqrt(D) e_mu: a D x D matrix)
+    terms = {"width": 4 * n_params(net) + 8 * (D if linear else 0) * net.width * net.depth,
+             "batch_size": 8 * B * net.width * net.depth + 2 * B * D,
+             "n_test": 0 if linear else n_test * (D + 8 * net.width * net.depth),
+             "D": 3 * D * D if linear else 0,
+             "steps": 3 * (steps + 1) * (D + 1)}
+    largest = max(terms, key=terms.get)
+    _checks.fits(n_seeds * _itemsize() * sum(terms.values()),
+                 largest + (" or n_seeds" if n_seeds > 1 else ""),
                  f"online SGD of {n_seeds} network(s) of width {net.width} and depth "
-                 f"{net.depth} for {steps} steps with batches of {B}")
+                 f"{net.depth} on D={D} inputs for {steps} steps with batches of {B}")
     _check_scales(net, jnp.ones((1, D), dtype), eta, center)
     run = _online_trainer(_program_net(net), steps, batch_size, center, n_test)
     keys = jax.random.split(key, n_seeds)
-    with np.errstate(over="ignore", invalid="ignore"):
-        error, beta, params = run(keys, jnp.asarray(bs, dtype),
-                                  jnp.asarray(eta * _scalings(net).ntk_scale, dtype),
-                                  _scalings_args(_scalings(net), dtype))
+    with np.errstate(over="ignore", invalid="ignore"), _progress.reporting("train_online"):
+        error, beta, params = jax.block_until_ready(
+            run(keys, jnp.asarray(bs, dtype), jnp.asarray(eta * _scalings(net).ntk_scale, dtype),
+                _scalings_args(_scalings(net), dtype)))
     if not np.all(np.isfinite(np.asarray(error))):
         import warnings
         t_bad = int(np.argmin(np.all(np.isfinite(np.asarray(error)), axis=0)))
-        warnings.warn(f"online SGD diverged (non-finite error from step {t_bad}): eta={eta:g} is "
-                      f"probably above the stable learning rate (about D / (depth + 1) = "
-                      f"{D / (net.depth + 1):.3g} at small gamma0 for a linear network) or "
-                      f"gamma0={net.gamma0:g} too large for |beta*|; lower eta",
+        cause = (_not_eta_cause(net, None, bs) if t_bad == 0 else
+                 f"eta={eta:g} is probably above the stable learning rate (about D / (depth + 1) "
+                 f"= {D / (net.depth + 1):.3g} at small gamma0 for a linear network) or "
+                 f"gamma0={net.gamma0:g} too large for |beta*|; lower eta")
+        warnings.warn(f"online SGD diverged (non-finite error from step {t_bad}): {cause}",
                       RuntimeWarning, stacklevel=2)
     return OnlineTrajectory(error, beta if linear else None, params, net, batch_size)
 
@@ -1156,12 +1199,15 @@ def _online_trainer(net: MLP, steps: int, batch_size, center: bool, n_test: int)
             def record(p):
                 return jnp.mean((out(p, X_test) - y_test) ** 2), jnp.zeros((0,), dtype)
 
-        def step(p, k):
+        def step(p, tk):
+            t, k = tk
+            _progress.tick(t, steps)
             rec = record(p)
             grads = jax.grad(loss)(p, k)
             return jax.tree_util.tree_map(lambda w, dw: w - lr * dw, p, grads), rec
 
-        params, (err, beta) = jax.lax.scan(step, params0, jax.random.split(k_data, steps))
+        params, (err, beta) = jax.lax.scan(step, params0, (jnp.arange(steps),
+                                                           jax.random.split(k_data, steps)))
         err_end, beta_end = record(params)
         return (jnp.concatenate([err, err_end[None]]), jnp.concatenate([beta, beta_end[None]]),
                 params)
@@ -1317,6 +1363,7 @@ def _images(X, argname: str, shape=None):
         raise ValueError(f"{argname} must hold images of shape {tuple(shape)} like X; "
                          f"got shape {X.shape}")
     _checks.finite(X, argname)
+    _checks.representable(X, argname, power=2)
     return X
 
 
@@ -1324,13 +1371,10 @@ def cnn_apply(net: CNN, params, X):
     """Outputs f (P,) of ``net`` with weights ``params`` (:func:`init_cnn_params`) on images X."""
     net = _cnn(net)
     X = jnp.asarray(_images(X, "X", (net.H, net.W, net.C)))
-    shapes = _cnn_param_shapes(net)
-    if (not isinstance(params, (list, tuple)) or len(params) != len(shapes)
-            or any(tuple(jnp.shape(p)) != s for p, s in zip(params, shapes))):
-        raise ValueError(f"params must be a list of arrays of shapes {shapes}")
+    params = _params(net, params)
     _checks.fits(_cnn_act_bytes(net, X.shape[0]), "the number of rows of X",
                  f"a forward pass of {X.shape[0]} images at width {net.width}")
-    return _cnn_apply(net, params, X)
+    return _finite_or_warn(_cnn_apply(net, params, X), "cnn_apply", net, X)
 
 
 class CNNKernels(NamedTuple):
@@ -1419,8 +1463,9 @@ def cnn_init_kernels(net: CNN, X, key, n_seeds: int = 1) -> CNNKernels:
             sc = _scalings_from(fan_in, sca)
             return _cnn_kernels(prog, _scaled(sc, unit), x, sc)
         _CNN_INIT_KERNELS[prog] = _over_seeds(one)
-    return _CNN_INIT_KERNELS[prog](_cnn_unit_normals(net, jax.random.split(key, n_seeds)), X,
-                                   _scalings_args(_cnn_scalings(net), X.dtype))
+    out = _CNN_INIT_KERNELS[prog](_cnn_unit_normals(net, jax.random.split(key, n_seeds)), X,
+                                  _scalings_args(_cnn_scalings(net), X.dtype))
+    return _finite_or_warn(out, "cnn_init_kernels", net, X)
 
 
 _CNN_INIT_KERNELS: dict = {}
@@ -1457,8 +1502,21 @@ def minibatch_indices(P, batch_size, steps, key):
     B = _checks.positive_int(batch_size, "batch_size", maximum=P)
     steps = _checks.positive_int(steps, "steps")
     key = _checks.prng_key(key, "key")
-    idx, mask = jax.jit(jax.vmap(lambda t: _batch_at(key, t, P, B)))(jnp.arange(steps))
-    return np.asarray(idx), np.asarray(mask)
+    nb = -(-P // B)                         # steps per epoch
+    epochs = -(-steps // nb)
+    # the epochs' permutations (epochs, P), padded to (epochs, nb * B), twice (host and device)
+    terms = {"P": 2 * 8.0 * epochs * (nb * B + P) if epochs == 1 else 0.0,
+             "steps": 2 * 8.0 * epochs * (nb * B + P) if epochs > 1 else 0.0}
+    _checks.fits(sum(terms.values()), max(terms, key=terms.get),
+                 f"the minibatch indices of {steps} steps over {P} examples ({epochs} epoch(s))")
+    perms = jax.jit(jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), P)))(
+        jnp.arange(epochs))
+    # (the same batches as _batch_at, which train_cnn evaluates step by step inside its scan)
+    padded = np.concatenate([np.asarray(perms), np.zeros((epochs, nb * B - P), np.int32)], 1)
+    idx = padded.reshape(epochs * nb, B)[:steps]
+    mask = ((np.arange(nb)[:, None] * B + np.arange(B)[None, :]) < P)
+    mask = np.tile(mask, (epochs, 1))[:steps]
+    return idx.astype(np.asarray(perms).dtype), mask
 
 
 # ----------------------------------------------------------------------------- training
@@ -1552,18 +1610,20 @@ def train_cnn(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
                        y_test is not None, center)
     keys = jax.random.split(key, n_seeds)
     dummy = jnp.zeros((1,) + X.shape[1:], X.dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = run((keys, _cnn_unit_normals(net, keys)), X, y,
-                  X_test if X_test is not None else dummy,
-                  y_test if y_test is not None else jnp.zeros((1,), X.dtype), X_probe,
-                  jnp.asarray(lr, X.dtype), _scalings_args(_cnn_scalings(net), X.dtype))
+    with np.errstate(over="ignore", invalid="ignore"), _progress.reporting("train_cnn"):
+        out = jax.block_until_ready(run(
+            (keys, _cnn_unit_normals(net, keys)), X, y, X_test if X_test is not None else dummy,
+            y_test if y_test is not None else jnp.zeros((1,), X.dtype), X_probe,
+            jnp.asarray(lr, X.dtype), _scalings_args(_cnn_scalings(net), X.dtype)))
     loss, delta, tl, acc, ft, ntk, phi, params = out
     if not bool(jnp.all(jnp.isfinite(loss))):
         import warnings
         t_bad = int(np.argmin(np.all(np.isfinite(np.asarray(loss)), axis=0)))
-        warnings.warn(f"train_cnn: training diverged (non-finite loss from step {t_bad}): lower "
-                      f"eta={eta:g} (parameterization={net.parameterization!r}, width="
-                      f"{net.width})", RuntimeWarning, stacklevel=2)
+        cause = (_not_eta_cause(net, X, y) if t_bad == 0 else
+                 f"lower eta={eta:g} (parameterization={net.parameterization!r}, width="
+                 f"{net.width})")
+        warnings.warn(f"train_cnn: training diverged (non-finite loss from step {t_bad}): {cause}",
+                      RuntimeWarning, stacklevel=2)
     has_y = y_test is not None
     return CNNTrajectory(loss, delta, tl if has_y else None, acc if has_y else None,
                          ft if X_test is not None else None,
@@ -1586,9 +1646,9 @@ def _cnn_train_bytes(net: CNN, P: int, P_test: int, n_probe: int, *, steps: int,
     it = _itemsize()
     terms = {
         "width": it * 4 * cnn_n_params(net) + _cnn_act_bytes(net, rows),
-        "X_probe (fewer probe images) or width": _cnn_kernel_bytes(net, n_probe),
-        "steps or record_every": it * (3 * (steps + 1) * (3 + P) + 2 * n_rec * (
-            2 * n_probe ** 2 + P_test)),
+        "X_probe (fewer probe images) or width": (_cnn_kernel_bytes(net, n_probe)
+                                                  + it * 4 * n_rec * n_probe ** 2),
+        "steps or record_every": it * (3 * (steps + 1) * (3 + P) + 2 * n_rec * P_test),
     }
     blame = max(terms, key=terms.get) + (" or n_seeds" if n_seeds > 1 else "")
     return (n_seeds * sum(terms.values()), blame,
@@ -1642,6 +1702,7 @@ def _cnn_trainer(net: CNN, steps: int, record_every: int, batch_size, with_test:
             return 0.5 * jnp.mean((ft - y_test) ** 2), jnp.mean(hit)
 
         def step(p, t):
+            _progress.tick(t, steps)
             if batch_size is None:
                 (loss, f), grads = jax.value_and_grad(full_loss, has_aux=True)(p)
             else:
@@ -1706,13 +1767,14 @@ def cnn_coord_check(X, y, *, widths, parameterization, depth=2, activation="relu
     h_size, dh_size, df_size = [], [], []
     for net in nets_:
         lr = jnp.asarray(eta * _cnn_scalings(net).ntk_scale, X.dtype)
-        hs0, dhs, dfs = _coord_runner(net, steps)(
-            _cnn_unit_normals(net, jax.random.split(key, n_seeds)), X, y, lr,
-            _scalings_args(_cnn_scalings(net), X.dtype))
+        with _progress.reporting(f"cnn_coord_check (width {net.width})"):
+            hs0, dhs, dfs = jax.block_until_ready(_coord_runner(net, steps)(
+                _cnn_unit_normals(net, jax.random.split(key, n_seeds)), X, y, lr,
+                _scalings_args(_cnn_scalings(net), X.dtype)))
         h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
         dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
         df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))
-    return CoordCheck(np.asarray(widths), np.stack(h_size), np.stack(dh_size),
-                      np.stack(df_size), parameterization)
+    return _coord_result(widths, h_size, dh_size, df_size, parameterization, X, eta,
+                         "cnn_coord_check")
 
 

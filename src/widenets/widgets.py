@@ -68,13 +68,28 @@ def _panel(draw, *, ncols, figsize, **controls):
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
+    first_error = []
+
     def show(**values):
         fig, axes = plt.subplots(1, ncols, figsize=figsize)
-        draw(axes, **values)
+        try:
+            draw(axes, **values)
+        except Exception as err:
+            plt.close(fig)
+            if not first_error:          # the first draw: raised to the caller below
+                first_error.append(err)
+            raise
+        first_error.append(None)
         fig.tight_layout()
         plt.show()
 
-    return w.interactive(show, **controls)
+    panel = w.interactive(show, **controls)   # draws once, at the sliders' initial values
+    if first_error and first_error[0] is not None:
+        # ipywidgets only logs a callback's error: a panel that cannot draw its first figure
+        # from the arguments it was given is refused here, with the draw's own message
+        panel.close()
+        raise first_error[0]
+    return panel
 
 
 def draw_lazy_training(ax, task, *, width, depth, lr_fraction, steps=100, n_seeds=2,

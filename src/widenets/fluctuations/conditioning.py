@@ -237,8 +237,9 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
     # then sized by that, not by T: each layer's trajectory is numerically low-rank)
     K, R, M = min(2 * T1 + 1, 64), min(T1, 32), L - 1
     what = f"this deep linear propagator (depth={L}, steps={T1 - 1})"
+    argname = "depth (or steps)" if L > T1 else "steps (or depth)"
     while T1 > 48:              # (short runs skip this pass and its compilation: full size)
-        _checks.fits(8.0 * 4 * (T1 * M * (2 * K + 2) + M * K * K + 4 * M * R * K), "steps", what)
+        _checks.fits(8.0 * 4 * (T1 * M * (2 * K + 2) + M * K * K + 4 * M * R * K), argname, what)
         _, info = _forward(kx, yy, gamma0, eta, L=L, T1=T1, K=K, R=R, kernels=kernels)
         if not bool(info["over"]):
             break
@@ -258,7 +259,7 @@ def one_example_propagator(Kx, y, gamma0, eta, depth, steps, kernels=False,
     noise = T1 * M * (2 * K + 2)
     n_out = T1 * (2 + (2 * L if kernels else 0))
     chunk = int(max(1, min(n_out, 2 ** 26 // (2 * (noise + state)))))
-    _checks.fits(8.0 * (3 * T1 * state + 2 * chunk * (noise + state)), "steps",
+    _checks.fits(8.0 * (3 * T1 * state + 2 * chunk * (noise + state)), argname,
                  f"{what}, with {K} directions per layer,")
     while True:
         var, outs, info = _variances(kx, yy, gamma0, eta, L=L, T1=T1, K=K, R=R,

@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _checks
+
 
 def _layer_covariance(state, Phi, G, Hr, Gu, l):
     """The covariance C (n, n) of one neuron's fields x = (h, g, h', g') of layer l, from the
@@ -236,7 +238,7 @@ def deep_linear_propagator(Kx, y, gamma0, eta, depth, steps, update, buckets=Non
     time t grows like t^4 (the sweeps ~ t, the matrices ~ t^3)."""
     buckets = min(4, max(1, (steps + 1) // 10)) if buckets is None else buckets
     edges = np.unique(np.round(np.linspace(0, steps + 1, buckets + 1)).astype(int))
-    covs, ntks, phis, gs = [], [], [], []
+    covs, ntks, phis, gs, unterminated = [], [], [], [], 0
     for lo, hi in zip(edges[:-1], edges[1:]):
         horizon = int(hi) - 1
         max_iter = 10 * (horizon + 1) + 20 * depth + 100
@@ -250,9 +252,15 @@ def deep_linear_propagator(Kx, y, gamma0, eta, depth, steps, update, buckets=Non
             gs.append(extra[1])
             Phi, G = extra[2], extra[3]
         if int(iters) >= max_iter:
-            warnings.warn(f"the deep linear propagator did not terminate in {max_iter} sweeps "
-                          "(it must for a causal system): the result is not exact",
-                          RuntimeWarning, stacklevel=3)
+            unterminated = max_iter
+    # a diverging mean (eta above the stable rate) is reported by the caller, naming eta: the
+    # sweeps of a system that overflows need not terminate, and that is not the cause
+    loss = 0.5 * np.mean(np.square(np.asarray(mean_delta, np.float64)), -1)
+    if unterminated and _checks.divergence(loss, np.asarray(mean_ntk[0]), float(eta), "",
+                                           "") is None:
+        warnings.warn(f"the deep linear propagator did not terminate in {unterminated} sweeps "
+                      "(it must for a causal system): the result is not exact",
+                      RuntimeWarning, stacklevel=3)
     # (the pieces are joined on the host: eager jnp ops would compile a program per shape)
     cat = lambda xs, axis=0: np.concatenate([np.asarray(x) for x in xs], axis=axis)
     out = (cat(covs), cat(ntks), np.asarray(mean_delta), np.asarray(mean_ntk))

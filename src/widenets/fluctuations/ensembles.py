@@ -94,6 +94,9 @@ def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key
     n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=4)
     width = _checks.positive_int(width, "width")
     batch_size = n_seeds if batch_size is None else _checks.positive_int(batch_size, "batch_size")
+    if solution is not None:
+        steps = _checks.positive_int(steps, "steps")
+        ref = _solution_delta(solution, (steps + 1, int(np.shape(X)[0])))
     if lowrank is None:
         depth, steps = (_checks.positive_int(v, name) for v, name in ((depth, "depth"),
                                                                       (steps, "steps")))
@@ -120,10 +123,6 @@ def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key
     var_ntk = N * ntk.var(0, ddof=1)
     bias = None
     if solution is not None:
-        ref = np.asarray(solution.delta, np.float64)
-        if ref.shape != var_delta.shape:
-            raise ValueError(f"solution.delta must have shape {var_delta.shape} (steps + 1, P); "
-                             f"got {ref.shape}")
         bias = delta.mean(0) - ref
     phi, g = stack("phi"), stack("g")                                     # (E, L, n_rec, P, P)
     return Ensemble(mean_phi=phi.mean(0), phi=N * phi.var(0, ddof=1), mean_g=g.mean(0),
@@ -139,6 +138,25 @@ def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key
                                 parameterization=parameterization))
 
 
+def _solution_delta(solution, shape):
+    """``solution.delta`` as a finite float64 array of ``shape`` (steps + 1, P), else a
+    ValueError naming ``solution``."""
+    delta = getattr(solution, "delta", None)
+    if delta is None:
+        raise ValueError(f"solution must be a DMFT solution (wn.dmft.deep_linear / nonlinear) "
+                         f"with delta of shape {shape}; got {type(solution).__name__}")
+    try:
+        ref = np.asarray(delta, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"solution.delta must be an array of shape {shape}; got "
+                         f"{type(delta).__name__}") from None
+    if ref.shape != shape:
+        raise ValueError(f"solution.delta must have shape {shape} (steps + 1, P); got {ref.shape}")
+    if not np.all(np.isfinite(ref)):
+        raise ValueError("solution.delta holds NaN or infinite values (a diverged solve?)")
+    return ref
+
+
 def init_ntk_covariance(X, *, depth, width, activation, n_seeds, key,
                         parameterization="mup") -> tuple[np.ndarray, np.ndarray]:
     """Mean initial NTK (P, P) and kappa = N Cov[K_ab, K_cd] (P, P, P, P) over ``n_seeds``
@@ -147,6 +165,9 @@ def init_ntk_covariance(X, *, depth, width, activation, n_seeds, key,
     n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=3)
     width = _checks.positive_int(width, "width")
     X = _checks.inputs(X)
+    P = X.shape[0]
+    _checks.fits(8.0 * (3 * P ** 4 + 2 * n_seeds * P ** 2), "the number of rows of X",
+                 f"kappa = N Cov[K_ab, K_cd] of {P} examples ({P}^4 entries)")
     net = nets.make_mlp(X.shape[1], depth=depth, width=width, activation=activation,
                         parameterization=parameterization)
     K = np.asarray(nets.init_kernels(net, X, key, n_seeds=n_seeds).ntk, np.float64)
@@ -163,25 +184,57 @@ def lazy_delta_variance(K, kappa, y, *, eta, steps, update="exact"):
     t = 0..T in units of eta, Delta(t) = exp(-eta K t / P) y. Returns ``(var, cov)``: N Var[
     Delta_mu(t)] (T+1, P) and the full covariance (T+1, P, P).
     """
-    K = _checks.real_array(K, "K")
+    K = _checks.kernel_matrix(K, "K")
     P = K.shape[0]
-    if K.ndim != 2 or K.shape != (P, P) or not np.allclose(K, K.T, atol=1e-6 * np.abs(K).max()):
-        raise ValueError(f"K must be a symmetric (P, P) matrix; got shape {K.shape}")
     kappa = _checks.real_array(kappa, "kappa")
     if kappa.shape != (P,) * 4:
-        raise ValueError(f"kappa must have shape {(P,) * 4}; got {kappa.shape}")
+        raise ValueError(f"kappa must have shape {(P,) * 4} (N Cov[K_ab, K_cd] for the {P} "
+                         f"examples of K); got {kappa.shape}")
+    _checks.finite(kappa, "kappa")
     y = _checks.targets(y, P)
     eta = _checks.nonnegative(eta, "eta")
     steps = _checks.positive_int(steps, "steps")
     _checks.choice(update, "update", ("exact", "flow"))
+    _covariance_4(kappa, "kappa")
+    _checks.fits(8.0 * (steps + 1) * (2 * P ** 3 + P ** 2) + 8.0 * P ** 4, "steps",
+                 f"the lazy variance of {P} examples over {steps} steps")
     K, kappa, y = (jnp.asarray(a, jnp.float64 if _checks._x64() else jnp.float32)
                    for a in (K, kappa, y))
     cov = np.asarray(_lazy_cov(K, kappa, y, jnp.asarray(eta, K.dtype), steps=steps,
                                update=update), np.float64)
+    eta_max = _checks.stable_eta(K, P)
+    if np.all(np.isfinite(cov)) and update == "exact" and eta > eta_max:
+        import warnings
+        warnings.warn(f"lazy_delta_variance: eta={eta:g} is above the stable learning rate "
+                      f"2P/lambda_max(K) = {eta_max:.3g} of kernel gradient descent: the error "
+                      f"and its variance grow without bound (lower eta)", RuntimeWarning,
+                      stacklevel=2)
     if not np.all(np.isfinite(cov)):
-        raise ValueError("the lazy variance is not finite: eta is above the stable learning "
-                         "rate 2 P / lambda_max(K) of kernel gradient descent")
+        if update == "exact" and eta > eta_max:
+            raise ValueError(f"the lazy variance is not finite: eta={eta:g} is above the stable "
+                             f"learning rate 2P/lambda_max(K) = {eta_max:.3g} of kernel gradient "
+                             f"descent: lower eta")
+        raise ValueError(f"the lazy variance is not finite: it overflowed (kappa up to "
+                         f"{float(jnp.max(jnp.abs(kappa))):.3g}, y up to "
+                         f"{float(jnp.max(jnp.abs(y))):.3g}, steps={steps}): rescale kappa or y")
     return np.diagonal(cov, axis1=1, axis2=2).copy(), cov
+
+
+def _covariance_4(kappa, argname):
+    """Refuse a (P, P, P, P) array that is not a covariance of the entries of a kernel: as a
+    (P^2, P^2) matrix it must be symmetric and positive semi-definite."""
+    P2 = kappa.shape[0] ** 2
+    M = np.asarray(kappa, np.float64).reshape(P2, P2)
+    scale = float(np.max(np.abs(M))) if M.size else 0.0
+    if scale == 0.0:
+        return
+    if float(np.max(np.abs(M - M.T))) > 1e-6 * scale:
+        raise ValueError(f"{argname} must be a covariance, symmetric under (a, b) <-> (c, d); "
+                         f"max asymmetry {float(np.max(np.abs(M - M.T))):.3g}")
+    lam = float(np.linalg.eigvalsh(M / 2 + M.T / 2)[0])
+    if lam < -1e-6 * scale * P2:
+        raise ValueError(f"{argname} must be a covariance (positive semi-definite as a "
+                         f"({P2}, {P2}) matrix); its smallest eigenvalue is {lam:.3g}")
 
 
 @partial(jax.jit, static_argnames=("steps", "update"))
@@ -230,6 +283,10 @@ def init_kernel_covariance(X, *, depth, width, activation, n_seeds, key,
     n_seeds = _checks.positive_int(n_seeds, "n_seeds", minimum=3)
     width = _checks.positive_int(width, "width")
     X = _checks.inputs(X)
+    P, L = X.shape[0], _checks.positive_int(depth, "depth")
+    _checks.fits(8.0 * (3 * (L * P * P) ** 2 + 4 * n_seeds * L * P * P),
+                 "the number of rows of X or depth",
+                 f"the covariances of {L} layers' kernels of {P} examples ({L}^2 x {P}^4 entries)")
     net = nets.make_mlp(X.shape[1], depth=depth, width=width, activation=activation,
                         parameterization=parameterization)
     ker = nets.init_kernels(net, X, key, n_seeds=n_seeds)
@@ -257,6 +314,7 @@ def init_relative_covariance(depth, activation):
     """
     depth = _checks.positive_int(depth, "depth")
     _checks.choice(activation, "activation", ("linear", "relu"))
+    _checks.fits(8.0 * 4 * depth ** 2, "depth", f"two {depth} x {depth} covariance matrices")
     V = 2.0 if activation == "linear" else 5.0
     l = np.arange(1, depth + 1)
     phi = V * np.minimum(l[:, None], l[None, :])

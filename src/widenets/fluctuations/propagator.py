@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
+from .. import _checks, _progress
 
 
 # ----------------------------------------------------------------------------- the propagator
@@ -35,7 +35,8 @@ class Propagator(NamedTuple):
     tanh, t = 30; 1.0x at t = 0). ``delta_sum_stderr`` (T+1,) the error of sum_mu ``delta``.
     With ``kernels=True`` (deep linear networks): ``phi`` (L, T+1, P, P) = N Var[Phi^l_mu nu(t, t)]
     and ``g`` (L, T+1) = N Var[G^l(t, t)] of every layer, and their means ``mean_phi``,
-    ``mean_g``; otherwise None.
+    ``mean_g``; otherwise None. ``converged`` is False (with a RuntimeWarning naming eta and
+    the stable learning rate) when the mean diverged or a result is not finite.
     """
     delta: np.ndarray
     delta_cov: np.ndarray
@@ -50,6 +51,7 @@ class Propagator(NamedTuple):
     g: np.ndarray | None = None
     mean_phi: np.ndarray | None = None
     mean_g: np.ndarray | None = None
+    converged: bool = True
 
     @property
     def mean(self) -> MeanField:
@@ -83,14 +85,15 @@ def _two_layer_linear(C, Kx, y, gamma0, eta, steps, update):
     g0 = jnp.zeros(P + 1, Kx.dtype).at[P].set(1.0)
     f0 = H0 @ C @ g0
 
-    def step(carry, _):
+    def step(carry, t):
+        _progress.tick(t, steps + 1)
         H, g, d = carry
         K = (g @ C @ g) * Kx + H @ C @ H.T
         H_next, g_next = H + c * jnp.outer(Kx @ d, g), g + c * H.T @ d
         d_next = _next_error(update, y, d, K, eta, lambda: (H_next @ C @ g_next - f0) / gamma0)
         return (H_next, g_next, d_next), (d, K)
 
-    _, (delta, K) = jax.lax.scan(step, (H0, g0, y), None, length=steps + 1)
+    _, (delta, K) = jax.lax.scan(step, (H0, g0, y), jnp.arange(steps + 1))
     return delta, K
 
 
@@ -108,7 +111,8 @@ def _two_layer_weighted(w, U, R, Kx, y, gamma0, eta, steps, activation, update):
     avg = lambda F: jnp.tensordot(w, F, axes=1) / S
     f0 = avg(R[:, None] * phi(U)) / gamma0
 
-    def step(carry, _):
+    def step(carry, t):
+        _progress.tick(t, steps + 1)
         h, z, d = carry
         F, g = phi(h), dphi(h) * z[:, None]
         K = avg(g[:, :, None] * g[:, None, :]) * Kx + avg(F[:, :, None] * F[:, None, :])
@@ -117,7 +121,7 @@ def _two_layer_weighted(w, U, R, Kx, y, gamma0, eta, steps, activation, update):
                              lambda: avg(z_next[:, None] * phi(h_next)) / gamma0 - f0)
         return (h_next, z_next, d_next), (d, K)
 
-    _, (delta, K) = jax.lax.scan(step, (U, R, y), None, length=steps + 1)
+    _, (delta, K) = jax.lax.scan(step, (U, R, y), jnp.arange(steps + 1))
     return delta, K
 
 
@@ -230,7 +234,8 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     Kx = _checks.kernel_matrix(Kx, "Kx")
     P = Kx.shape[0]
     y = _checks.targets(y, P)
-    depth = _checks.positive_int(depth, "depth")
+    from ..dmft import MAX_DEPTH
+    depth = _checks.positive_int(depth, "depth", maximum=MAX_DEPTH)
     _checks.choice(activation, "activation", _checks.ACTIVATIONS)
     gamma0 = _checks.nonnegative(gamma0, "gamma0", strict=True)
     eta = _checks.nonnegative(eta, "eta")
@@ -264,7 +269,8 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
                 return res
         n = 2 * (steps + 1) * (P + 1)
         outputs = (steps + 1) * (P + P * P + (depth * (P * P + 1) if kernels else 0))
-        _checks.fits(8.0 * depth * n * n * (outputs + 8), "steps",
+        _checks.fits(8.0 * depth * n * n * (outputs + 8),
+                     "depth (or steps)" if depth > steps else "steps (or depth)",
                      f"this deep linear propagator (depth={depth}, steps={steps}, P={P})")
         from .deep import deep_linear_propagator
         cov, var_ntk, mean_delta, mean_ntk, kern = deep_linear_propagator(
@@ -296,18 +302,20 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
         key = _checks.prng_key(key, "key")
         _checks.fits(8.0 * (steps + 1) * P * P * samples * 3, "samples",
                      f"this Monte-Carlo propagator (samples={samples}, steps={steps}, P={P})")
-        cov, var_ntk, mean_delta, mean_ntk, stderr = _two_layer_mc(
-            jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt),
-            jnp.asarray(eta, dt), key, steps=steps, activation=activation, update=update,
-            samples=samples)
+        with _progress.reporting("propagator (Monte Carlo)"):
+            cov, var_ntk, mean_delta, mean_ntk, stderr = jax.block_until_ready(_two_layer_mc(
+                jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt),
+                jnp.asarray(eta, dt), key, steps=steps, activation=activation, update=update,
+                samples=samples))
         return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, stderr,
                                   dict(depth=depth, activation=activation, gamma0=gamma0,
                                        eta=eta, steps=steps, update=update, samples=samples))
     _checks.fits(8.0 * (steps + 1) * (P + 1) ** 2 * P * P * 3, "steps",
                  f"this propagator (steps={steps}, P={P})")
-    cov, var_ntk, mean_delta, mean_ntk = _two_layer_linear_propagator(
-        jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt), jnp.asarray(eta, dt),
-        steps=steps, update=update)
+    with _progress.reporting("propagator"):
+        cov, var_ntk, mean_delta, mean_ntk = jax.block_until_ready(_two_layer_linear_propagator(
+            jnp.asarray(Kx, dt), jnp.asarray(y, dt), jnp.asarray(gamma0, dt),
+            jnp.asarray(eta, dt), steps=steps, update=update))
     return _propagator_result(cov, var_ntk, mean_delta, mean_ntk, None,
                               dict(depth=depth, activation=activation, gamma0=gamma0, eta=eta,
                                    steps=steps, update=update))
@@ -357,15 +365,23 @@ def _conditioning(Kx, y, gamma0, eta, depth, steps, dt, kernels, params):
 
 def _propagator_result(cov, var_ntk, mean_delta, mean_ntk, stderr, params):
     cov, var_ntk = np.asarray(cov, np.float64), np.asarray(var_ntk, np.float64)
-    if not all(np.all(np.isfinite(a)) for a in (cov, var_ntk, mean_delta, mean_ntk)):
+    mean_delta, mean_ntk = np.asarray(mean_delta, np.float64), np.asarray(mean_ntk, np.float64)
+    finite = all(np.all(np.isfinite(a)) for a in (cov, var_ntk, mean_delta, mean_ntk))
+    msg = _checks.divergence(0.5 * np.mean(mean_delta ** 2, -1), mean_ntk[0], params["eta"],
+                             "the infinite-width solution the propagator linearises around",
+                             f"the kernel grew during training (gamma0={params['gamma0']:g}): "
+                             "lower gamma0 or eta")
+    if msg is None and not finite:
+        msg = ("the propagator is not finite although its mean is: the fluctuations overflowed "
+               f"(gamma0={params['gamma0']:g}, steps={params['steps']}); lower gamma0 or steps")
+    if msg is not None:
         import warnings
-        warnings.warn("the propagator is not finite: eta is probably above the stable learning "
-                      "rate, or gamma0 so large that the kernels grow without bound",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
     return Propagator(delta=np.diagonal(cov, axis1=1, axis2=2).copy(), delta_cov=cov,
                       ntk=var_ntk, mean_delta=np.asarray(mean_delta, np.float64),
                       mean_ntk=np.asarray(mean_ntk, np.float64), params=params,
                       delta_stderr=None if stderr is None else np.asarray(stderr[0], np.float64),
                       ntk_stderr=None if stderr is None else np.asarray(stderr[1], np.float64),
                       delta_sum_stderr=None if stderr is None else np.asarray(stderr[2],
-                                                                              np.float64))
+                                                                              np.float64),
+                      converged=msg is None)
