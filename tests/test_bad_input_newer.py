@@ -226,9 +226,11 @@ def test_size_refusals_name_the_argument_to_reduce():
                                                n_seeds=4, key=0)
     with pytest.raises(ValueError, match="reduce depth"):
         wn.fluctuations.init_relative_covariance(10 ** 7, "relu")
-    with pytest.raises(ValueError, match="reduce D"):        # the D x D probe of a linear net
-        nets.train_online(10 ** 5, np.ones(10 ** 5), depth=1, width=8, eta=0.1, steps=2,
-                          batch_size=None, key=0)
+    # a linear network's beta comes from a backward pass: D = 10^5 (a 40 GB D x D probe
+    # before) trains in a moment
+    tr = nets.train_online(10 ** 5, np.ones(10 ** 5), depth=1, width=8, eta=0.1, steps=2,
+                           batch_size=None, key=0)
+    assert np.all(np.isfinite(np.asarray(tr.error)))
     with pytest.raises(ValueError, match="reduce n_test"):
         nets.train_online(8, np.ones(8), depth=1, width=8, activation="tanh", eta=0.1,
                           steps=2, batch_size=2, key=0, n_test=10 ** 9)
@@ -310,3 +312,118 @@ def test_memory_limit_honours_an_address_space_limit(monkeypatch):
         return real(which)
     monkeypatch.setattr(resource, "getrlimit", tight)
     assert _checks.memory_limit() < 2 ** 30
+
+
+# ----------------------------------------------------------------------------- the sweep's last finds
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(samples="abc"), "samples must be an array of real numbers"),
+    (dict(samples=np.array([1.0, np.nan, 2.0, 3.0, 4.0])), "samples contains NaN"),
+    (dict(samples=np.array([1e300, -1e300, 1.0, 2.0, 3.0])), "samples are too large"),
+    (dict(axis=5), "axis must be an integer <= 1"),
+    (dict(axis=1.5), "axis must be an integer"),
+    (dict(sum_axis=5), "sum_axis must be an integer <= 1"),
+])
+def test_variance_stderr_validates_its_inputs(kwargs, match):
+    args = dict(samples=np.random.default_rng(0).normal(size=(6, 3)))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        wn.fluctuations.variance_stderr(args.pop("samples"), **args)
+
+
+def test_more_inputs_validated():
+    with pytest.raises(ValueError, match="loss must be an array of real numbers"):
+        wn.widgets.loss_increases("abc")
+    sol = types.SimpleNamespace(params={"repeats": 4}, loss_stderr=np.ones(3))
+    with pytest.raises(ValueError, match="sigmas=1e.300 is too large"):
+        wn.dmft.band(sol, 1e300)
+    assert np.all(np.isfinite(wn.dmft.band(sol, 20.0)))
+    with pytest.raises(ValueError, match="Kx is too large for float32"):
+        wn.dmft.deep_linear(1e200 * np.eye(2), np.ones(2), depth=1, gamma0=1.0, eta=0.1, steps=2)
+    with pytest.raises(ValueError, match="Kx is too large"):
+        wn.fluctuations.propagator(1e200 * np.eye(2), np.ones(2), depth=1, activation="linear",
+                                   gamma0=1.0, eta=0.1, steps=2)
+    with pytest.raises(ValueError, match="beta_star_norm is too large"):
+        wn.fluctuations.online_error(8, 1e300, gamma0=1.0, eta=0.1, steps=2)
+
+
+@pytest.mark.parametrize("arg", ["samples", "mean", "t"])
+def test_spread_band_refuses_nan(arg):
+    import matplotlib.pyplot as plt
+    args = dict(t=np.arange(4.0), samples=np.zeros((3, 4)), mean=np.zeros(4), var=np.ones(4))
+    args[arg] = args[arg].copy()
+    args[arg].flat[1] = np.nan
+    fig, ax = plt.subplots()
+    try:
+        with pytest.raises(ValueError, match=f"{arg} contains NaN"):
+            wn.plotting.spread_band(ax, args["t"], args["samples"], args["mean"], args["var"], 10)
+    finally:
+        plt.close(fig)
+
+
+def test_normalize_keeps_rows_that_leave_the_float_range():
+    """Rows of 1e-200 were refused as 'rows of zeros' and rows of 1e200 as too large for
+    float32: normalize works in float64 on the host, so both keep their direction."""
+    X = np.random.default_rng(0).normal(size=(3, 4))
+    ref = np.asarray(wn.data.normalize(X))
+    for scale in (1e-200, 1e200, 1e-30, 1e30):
+        np.testing.assert_allclose(np.asarray(wn.data.normalize(scale * X)), ref, rtol=1e-6)
+    with pytest.raises(ValueError, match="rows of zeros"):
+        wn.data.normalize(np.zeros((2, 3)))
+
+
+def test_picard_non_convergence_names_max_iter():
+    task, Kx = _task()
+    _, msgs = _warnings(wn.dmft.deep_linear, Kx, task.y, depth=2, gamma0=1.0, eta=0.3, steps=4,
+                        method="picard", max_iter=1)
+    assert msgs and "max_iter=1" in msgs[0]
+
+
+def test_picard_divergence_names_eta_not_the_kernel():
+    """The Picard iteration blows up everywhere, K(0) included; the stable rate is then that of
+    the closed-form K(0) = (L + 1) Kx."""
+    task, Kx = _task()
+    sol, msgs = _warnings(wn.dmft.deep_linear, Kx, task.y, depth=2, gamma0=1.0, eta=1e4,
+                          steps=4, method="picard")
+    rate = 2 * 4 / np.linalg.eigvalsh(3 * np.asarray(Kx, np.float64))[-1]
+    assert not sol.converged and "eta=10000" in msgs[0]
+    assert _stable(msgs[0]) == pytest.approx(rate, rel=1e-2)
+
+
+def test_a_finite_but_diverging_cnn_warns():
+    d = wn.data.images("digits", classes=(0, 1), n_train=8, n_test=4, key=0)
+    _, msgs = _warnings(wn.nets.train_cnn, d.X, d.y, depth=1, width=16, activation="erf",
+                        eta=500.0, steps=5, key=0)
+    assert msgs and "train_cnn: training diverged" in msgs[0] and "eta=500" in msgs[0]
+    _, msgs = _warnings(wn.nets.train_cnn, d.X, d.y, depth=1, width=16, activation="erf",
+                        eta=0.5, steps=5, key=0)
+    assert not msgs
+
+
+def test_kernel_regression_warns_when_ill_conditioned():
+    K = np.ones((2, 2)) + 1e-13 * np.eye(2)
+    _, msgs = _warnings(wn.kernels.kernel_regression, K, np.array([1.0, -1.0]), K)
+    assert msgs and "ill-conditioned" in msgs[0] and "ridge" in msgs[0]
+    _, msgs = _warnings(wn.kernels.kernel_regression, K, np.array([1.0, -1.0]), K, ridge=1e-3)
+    assert not msgs
+
+
+def test_large_ensembles_run_in_chunks_with_the_same_networks(monkeypatch, capsys):
+    from widenets import _progress, nets
+    task, _ = _task()
+    kw = dict(depth=1, width=16, eta=0.5, steps=5, n_seeds=150)
+    for key in (0, jax.random.key(1)):
+        whole = nets.train_mlp(task.X, task.y, key=key, **kw)
+        monkeypatch.setattr(nets, "SEED_CHUNK", 64)
+        monkeypatch.setattr(_progress, "AFTER_S", 0.0)
+        monkeypatch.setattr(_progress, "EVERY_S", 0.0)
+        parts = nets.train_mlp(task.X, task.y, key=key, **kw)
+        assert "of 150 networks" in capsys.readouterr().err
+        monkeypatch.setattr(nets, "SEED_CHUNK", 4096)
+        np.testing.assert_allclose(np.asarray(parts.loss), np.asarray(whole.loss), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(parts.ntk), np.asarray(whole.ntk), rtol=1e-5)
+
+
+def test_nonlinear_panel_checks_its_deepest_setting():
+    task, _ = _task()
+    with pytest.raises(ValueError, match="reduce width"):
+        wn.widgets.nonlinear_panel(task.X, task.y, width=10 ** 8)

@@ -74,3 +74,28 @@ def _duration(s: float) -> str:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
 
+
+
+def track(items, total: int, label: str, unit: str = "networks", size=lambda item: 1):
+    """Iterate over ``items`` (chunks of work done on the host, one after another), printing
+    how many of ``total`` ``unit`` are done and the time left once it has taken more than
+    :data:`AFTER_S` seconds."""
+    start = last = time.perf_counter()
+    done, printed, first = 0, False, None
+    for item in items:
+        yield item
+        done += size(item)
+        now = time.perf_counter()
+        if first is None:                   # the first chunk includes the compilation
+            first = (now, done)
+            continue
+        if now - start >= AFTER_S and now - last >= EVERY_S and done < total:
+            last = now
+            left = (now - first[0]) * (total - done) / max(done - first[1], 1)
+            print(f"{label}: {done:,} of {total:,} {unit} ({100 * done / total:.0f}%), "
+                  f"{_duration(now - start)} so far, about {_duration(left)} left",
+                  file=sys.stderr, flush=True)
+            printed = True
+    if printed:
+        print(f"{label}: done in {_duration(time.perf_counter() - start)}", file=sys.stderr,
+              flush=True)

@@ -33,20 +33,21 @@ def normalize(X):
     """
     if _checks.is_traced(X):
         return _normalize(X)
-    X = _checks.inputs(X, "X")
-    norms = np.sum(np.asarray(X, np.float64) ** 2, axis=1)
-    if np.any(norms == 0):
-        raise ValueError(f"X has rows of zeros (rows {np.flatnonzero(norms == 0)[:5].tolist()}): "
-                         f"they cannot be rescaled to norm sqrt(D)")
-    X = jnp.asarray(X)
-    sq = np.asarray(jnp.sum(X ** 2, axis=1), np.float64)      # in X's precision: it may overflow
-    tiny = float(jnp.finfo(X.dtype).tiny)
-    # D / |x|^2 must be a normal number too (denormals are flushed to zero on CPUs)
-    if np.all(np.isfinite(sq) & (sq > tiny) & (sq < 0.25 * X.shape[1] / tiny)):
-        return _normalize(X)
-    # the squares over- or underflow the float type: divide by each row's largest entry first
-    Xs = X / jnp.max(jnp.abs(X), axis=1, keepdims=True)
-    return Xs * jnp.sqrt(X.shape[1] / jnp.sum(Xs ** 2, axis=1, keepdims=True))
+    X = _checks.real_array(X, "X")
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"X must have shape (P, D) with P, D >= 1; got shape {X.shape}")
+    _checks.finite(X, "X")
+    # in float64 on the host, each row first divided by its largest entry: rows of 1e-200 or
+    # 1e200, whose squares (or whose entries, in float32) leave the float range, keep their
+    # direction; the result has entries of order 1 in any precision
+    X64 = X.astype(np.float64)
+    top = np.max(np.abs(X64), axis=1, keepdims=True)
+    if np.any(top == 0):
+        raise ValueError(f"X has rows of zeros (rows {np.flatnonzero(top[:, 0] == 0)[:5].tolist()}"
+                         f"): they cannot be rescaled to norm sqrt(D)")
+    Xs = X64 / top
+    out = Xs * np.sqrt(X.shape[1] / np.sum(Xs ** 2, axis=1, keepdims=True))
+    return jnp.asarray(out.astype(X.dtype))
 
 
 def _normalize(X):

@@ -100,6 +100,7 @@ MAX_DEPTH = 64   # the solvers unroll their layers: compilation grows with the d
 
 def _validate(Kx, y, depth, gamma0, eta, steps):
     Kx = _checks.kernel_matrix(Kx, "Kx")
+    _checks.representable(Kx, "Kx", power=2)     # (the kernels are products of Kx's entries)
     y = _checks.targets(y, Kx.shape[0], "y")
     depth = _checks.positive_int(depth, "depth")
     if depth > MAX_DEPTH:
@@ -123,13 +124,16 @@ def _need(Kx, steps, depth, what, per_layer_square, extra=0.0):
     _checks.fits(square + extra, argname, what)
 
 
-def _diagnose(loss, ntk, eta, what, stable_cause=None):
+def _diagnose(loss, ntk, eta, what, stable_cause=None, K0=None):
     """A warning message when a solve diverged (a non-finite loss, or a final loss above
     ``_checks.GROWTH`` times the initial one), naming eta and the stable learning rate; None
     otherwise. Non-finite kernels under a finite loss are reported too."""
     cause = stable_cause or ("the kernel grew during training (gamma0 too large for this eta) or "
                              "the fields overflowed: lower gamma0 or eta, or use float64")
-    msg = _checks.divergence(loss, np.asarray(ntk[0]), eta, what, cause)
+    first = np.asarray(ntk[0])
+    if K0 is not None and not np.all(np.isfinite(first)):   # (an iteration that blew up)
+        first = np.asarray(K0)
+    msg = _checks.divergence(loss, first, eta, what, cause)
     if msg is None and not _all_finite((ntk,)):
         msg = (f"{what}: the kernels hold NaN or infinite values although the loss is finite "
                "(the fields overflowed: lower gamma0, rescale the inputs or use float64)")
@@ -399,12 +403,15 @@ def deep_linear(Kx, y, *, depth, gamma0, eta, steps, method="causal", responses=
         check = _dense_map(Kx, y, g0, et, delta, *fields[2:], update=update, **args)
         residuals.append(_residual((delta, Phi, G), (check[0], check[2], check[3])))
     residuals = np.asarray(residuals if finite else [np.inf])
-    diverged = _diagnose(loss, ntk, eta, "DMFT solve")
+    # (at initialisation every Phi^l = Kx and G^l = 1: K(0) = (L + 1) Kx)
+    diverged = _diagnose(loss, ntk, eta, "DMFT solve", K0=(depth + 1) * np.asarray(Kx))
     converged = bool(finite and residuals[-1] < tol and diverged is None)
     if diverged is not None:
         warnings.warn(diverged, RuntimeWarning, stacklevel=2)
     elif not converged:
-        warnings.warn(f"DMFT solve not converged: residual {residuals[-1]:.3g} > tol {tol:.3g}",
+        warnings.warn(f"DMFT solve not converged: residual {residuals[-1]:.3g} > tol {tol:.3g}"
+                      + (f" after max_iter={max_iter} iterations (raise max_iter or lower "
+                         f"damping)" if method != "causal" else ""),
                       RuntimeWarning, stacklevel=2)
     T1, P = steps + 1, Kx.shape[0]
     return DMFTSolution(delta=delta, loss=loss, ntk=ntk,
@@ -1050,7 +1057,12 @@ def band(sol, sigmas=3.0):
                          f"params['repeats'] and loss_stderr); got {type(sol).__name__}")
     # the upper tail's probability, not the coverage: norm.cdf(9) rounds to 1, whose t quantile
     # is infinite
-    return float(stats.t.isf(stats.norm.sf(sigmas), repeats - 1)) * sol.loss_stderr
+    q = float(stats.t.isf(stats.norm.sf(sigmas), repeats - 1))
+    if not (np.isfinite(q) and q > 0):   # the tail probability underflows (sigmas ~ 20 or more)
+        raise ValueError(f"sigmas={sigmas!r} is too large: its Gaussian tail probability "
+                         f"{stats.norm.sf(sigmas):.3g} has no finite Student-t quantile at "
+                         f"{repeats - 1} degrees of freedom in float64")
+    return q * sol.loss_stderr
 
 
 def kernel_stderr(sol, t=-1):

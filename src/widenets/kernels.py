@@ -760,6 +760,12 @@ def kernel_regression(K, y, K_test, *, ridge=0.0):
     except np.linalg.LinAlgError:
         raise ValueError(f"K + ridge I is not positive definite (ridge={ridge:g}): pass a "
                          f"larger ridge") from None
+    cond = lam[-1] / lam[0]
+    if cond * np.finfo(np.float64).eps > 1e-4:
+        warnings.warn(f"kernel_regression: K + ridge I is ill-conditioned (condition number "
+                      f"{cond:.3g}, ridge={ridge:g}): the predictions can carry errors up to "
+                      f"{cond * np.finfo(np.float64).eps:.2g} times the targets' scale from "
+                      f"round-off alone; pass a ridge > 0", RuntimeWarning, stacklevel=2)
     alpha = scipy.linalg.cho_solve(factor, y.astype(np.float64), check_finite=False)
     with np.errstate(over="ignore", invalid="ignore"):
         out = K_test.astype(np.float64) @ alpha

@@ -524,6 +524,25 @@ def _jacobian_ntk_bytes(net: MLP, P: int, P2: int) -> int:
                           + P * P2 * net.n_out ** 2 + _forward_bytes(net, P + P2) // 4)
 
 
+SEED_CHUNK = 4096   # ensembles larger than this run in chunks of seeds, with progress
+
+
+def _by_seed_chunks(keys, call, label: str):
+    """``call(keys)`` (a pytree of arrays with a leading seed axis, one per key): at once for
+    up to :data:`SEED_CHUNK` seeds; beyond, chunk by chunk (the same networks: seed s depends
+    on ``keys[s]`` only), showing progress, the results concatenated on the host."""
+    n = keys.shape[0]
+    if n <= SEED_CHUNK:
+        return call(keys)
+    typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    host = keys if typed else np.asarray(keys)     # (raw keys sliced on the host)
+    chunks = [host[i:i + SEED_CHUNK] for i in range(0, n, SEED_CHUNK)]
+    outs = [jax.tree_util.tree_map(np.asarray, jax.block_until_ready(call(
+                k if typed else jnp.asarray(k))))
+            for k in _progress.track(chunks, n, label, size=len)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.concatenate(xs)), *outs)
+
+
 def init_kernels(net: MLP, X, key, n_seeds: int = 1) -> Kernels:
     """Kernels at initialisation of ``n_seeds`` independent networks (leading axis: seed).
 
@@ -549,8 +568,9 @@ def init_kernels(net: MLP, X, key, n_seeds: int = 1) -> Kernels:
             return _kernels(prog, _scaled(sc, unit), x, sc)
 
         _INIT_KERNELS[prog] = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
-    out = _INIT_KERNELS[prog](_unit_normals(_param_shapes(net), keys), X,
-                              _scalings_args(_scalings(net), X.dtype))
+    sca = _scalings_args(_scalings(net), X.dtype)
+    out = _by_seed_chunks(keys, lambda k: _INIT_KERNELS[prog](
+        _unit_normals(_param_shapes(net), k), X, sca), "init_kernels")
     return _finite_or_warn(out, "init_kernels", net, X)
 
 
@@ -635,14 +655,15 @@ def train_mlp(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
     keys = jax.random.split(key, n_seeds)
     trainer = _lowrank_trainer if _checks.flag(lowrank, "lowrank") else _trainer
     run = trainer(_program_net(net), steps, record_every, X_test is not None, center)
-    with np.errstate(over="ignore", invalid="ignore"), _progress.reporting("train_mlp"):
-        out = jax.block_until_ready(run(
-            _unit_normals(_param_shapes(net), keys), X, y,
-            X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
+    args = (X, y, X_test if X_test is not None else jnp.zeros((1, X.shape[1]), X.dtype),
             jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype),
-            _scalings_args(_scalings(net), X.dtype)))
+            _scalings_args(_scalings(net), X.dtype))
+    with np.errstate(over="ignore", invalid="ignore"), _progress.reporting("train_mlp"):
+        out = jax.block_until_ready(_by_seed_chunks(
+            keys, lambda k: run(_unit_normals(_param_shapes(net), k), *args), "train_mlp"))
     loss, delta, f_test, ntk, phi, g, params = out
     times = np.arange(0, steps + 1, record_every)
+    _warn_if_grew("train_mlp", net, loss, ntk, eta)
     _warn_if_not_finite(net, X, eta, loss, delta, f_test if X_test is not None else None,
                         ntk, phi, g, times)
     return Trajectory(loss, delta, f_test if X_test is not None else None, times, ntk,
@@ -721,6 +742,24 @@ def _check_scales(net: MLP, X, eta: float, center: bool) -> None:
                       f"large that {dtype.name} round-off of the output"
                       f"{' minus its initial value' if center else ''} (~{f_scale * float(fi.eps):.2g}) "
                       f"is comparable to targets of size 1; increase gamma0 or enable float64",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _warn_if_grew(name: str, net, loss, ntk, eta: float) -> None:
+    """A RuntimeWarning when a finite training loss diverged (grew by ``_checks.GROWTH``, or grew
+    at all with eta above the stable rate of the first seed's recorded initial NTK); non-finite
+    losses are reported by the callers, which know more about the cause."""
+    loss = np.asarray(loss, np.float64)
+    if not np.all(np.isfinite(loss)):
+        return
+    K0 = np.asarray(ntk[0, 0], np.float64)
+    msg = _checks.divergence(loss.T, K0, eta, f"{name}: training",
+                             f"the NTK grew during training (gamma0={net.gamma0:g}, "
+                             f"{net.parameterization!r} parameterisation): lower eta or gamma0")
+    if msg is not None:
+        import warnings
+        warnings.warn(f"{msg} (width {net.width}; the stable rate is that of the initial NTK"
+                      f"{' on the probe images' if isinstance(net, CNN) else ''})",
                       RuntimeWarning, stacklevel=3)
 
 
@@ -973,10 +1012,12 @@ def coord_check(X, y, *, widths, parameterization, depth=2, activation="relu", g
     for net in nets_:
         lr = jnp.asarray(eta * _scalings(net).ntk_scale, X.dtype)
         run = _coord_runner(net, steps)
-        unit = _unit_normals(_param_shapes(net), jax.random.split(key, n_seeds))
+        sca = _scalings_args(_scalings(net), X.dtype)
         with _progress.reporting(f"coord_check (width {net.width})"):
-            hs0, dhs, dfs = jax.block_until_ready(
-                run(unit, X, y, lr, _scalings_args(_scalings(net), X.dtype)))
+            hs0, dhs, dfs = jax.block_until_ready(_by_seed_chunks(
+                jax.random.split(key, n_seeds),
+                lambda k: run(_unit_normals(_param_shapes(net), k), X, y, lr, sca),
+                f"coord_check (width {net.width})"))
         h_size.append(np.sqrt(np.mean(np.asarray(hs0), axis=0)))
         dh_size.append(np.sqrt(np.mean(np.asarray(dhs), axis=0)))
         df_size.append(np.sqrt(np.mean(np.asarray(dfs), axis=0)))
@@ -1117,12 +1158,12 @@ def train_online(D, beta_star, *, depth, width, activation="linear", gamma0=1.0,
     # its batches never pass through the layers) or of a batch and the test set (nonlinear),
     # the records
     B = 0 if batch_size is None else batch_size
-    # (a linear network reads beta off the D probe inputs sqrt(D) e_mu: a D x D matrix)
-    terms = {"width": 4 * n_params(net) + 8 * (D if linear else 0) * net.width * net.depth,
+    terms = {"width": 4 * n_params(net) + 8 * net.width * net.depth,
              "batch_size": 8 * B * net.width * net.depth + 2 * B * D,
              "n_test": 0 if linear else n_test * (D + 8 * net.width * net.depth),
-             "D": 3 * D * D if linear else 0,
              "steps": 3 * (steps + 1) * (D + 1)}
+    if linear:           # beta is read off by a backward pass: a few D-vectors per layer
+        terms["width"] += 8 * D * net.depth
     largest = max(terms, key=terms.get)
     _checks.fits(n_seeds * _itemsize() * sum(terms.values()),
                  largest + (" or n_seeds" if n_seeds > 1 else ""),
@@ -1132,9 +1173,10 @@ def train_online(D, beta_star, *, depth, width, activation="linear", gamma0=1.0,
     run = _online_trainer(_program_net(net), steps, batch_size, center, n_test)
     keys = jax.random.split(key, n_seeds)
     with np.errstate(over="ignore", invalid="ignore"), _progress.reporting("train_online"):
+        args = (jnp.asarray(bs, dtype), jnp.asarray(eta * _scalings(net).ntk_scale, dtype),
+                _scalings_args(_scalings(net), dtype))
         error, beta, params = jax.block_until_ready(
-            run(keys, jnp.asarray(bs, dtype), jnp.asarray(eta * _scalings(net).ntk_scale, dtype),
-                _scalings_args(_scalings(net), dtype)))
+            _by_seed_chunks(keys, lambda k: run(k, *args), "train_online"))
     if not np.all(np.isfinite(np.asarray(error))):
         import warnings
         t_bad = int(np.argmin(np.all(np.isfinite(np.asarray(error)), axis=0)))
@@ -1166,10 +1208,12 @@ def _online_trainer(net: MLP, steps: int, batch_size, center: bool, n_test: int)
         k_init, k_data, k_test = jax.random.split(key, 3)
         params0 = _gaussian_layers(_param_shapes(net), sc.init_std, k_init)
         dtype = beta_star.dtype
-        probe = jnp.sqrt(jnp.asarray(D, dtype)) * jnp.eye(D, dtype=dtype)
 
-        def beta_of(p):      # a linear network: f(sqrt(D) e_mu) = beta_mu
-            return _apply(net, p, probe, sc)[:, 0]
+        def beta_of(p):      # a linear network: f(x) = beta . x / sqrt(D), beta = sqrt(D) grad f
+            # (one backward pass, O(D N) memory; evaluating f on the D inputs sqrt(D) e_mu
+            # would hold a D x D matrix: 40 GB at D = 10^5)
+            grad = jax.grad(lambda x: _apply(net, p, x[None, :], sc)[0, 0])(jnp.zeros(D, dtype))
+            return jnp.sqrt(jnp.asarray(D, dtype)) * grad
 
         b0 = beta_of(params0) if center and linear else jnp.zeros(D, dtype)
 
@@ -1425,8 +1469,10 @@ def _over_seeds(one_seed):
         # slices on the host (an eager slice compiles per shape), except typed PRNG keys
         leaves = [a if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np.asarray(a)
                   for a in leaves]
-        outs = [run(jax.tree_util.tree_unflatten(tree, [a[i] for a in leaves]), *args)
-                for i in range(leaves[0].shape[0])]
+        n = leaves[0].shape[0]
+        outs = [jax.block_until_ready(
+                    run(jax.tree_util.tree_unflatten(tree, [a[i] for a in leaves]), *args))
+                for i in _progress.track(range(n), n, "CNNs, one seed after another")]
         return jax.tree_util.tree_map(
             lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])), *outs)
     return over
@@ -1616,6 +1662,7 @@ def train_cnn(X, y, *, depth, width, activation="relu", gamma0=1.0, eta, steps, 
             y_test if y_test is not None else jnp.zeros((1,), X.dtype), X_probe,
             jnp.asarray(lr, X.dtype), _scalings_args(_cnn_scalings(net), X.dtype)))
     loss, delta, tl, acc, ft, ntk, phi, params = out
+    _warn_if_grew("train_cnn", net, loss, ntk, eta)
     if not bool(jnp.all(jnp.isfinite(loss))):
         import warnings
         t_bad = int(np.argmin(np.all(np.isfinite(np.asarray(loss)), axis=0)))

@@ -105,6 +105,8 @@ def spread_band(ax, t, samples, mean, var, width, *, sigmas=2.0, color="C0", max
             or t.shape != mean.shape:
         raise ValueError(f"samples must be (n, T+1) and t, mean, var (T+1,); got shapes "
                          f"{samples.shape}, {t.shape}, {mean.shape}, {var.shape}")
+    for arr, name in ((samples, "samples"), (mean, "mean"), (t, "t")):
+        _checks.finite(arr, name)
     width = _checks.positive_int(width, "width")
     sigmas = _checks.nonnegative(sigmas, "sigmas", strict=True)
     max_lines = _checks.positive_int(max_lines, "max_lines", minimum=0)

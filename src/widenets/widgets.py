@@ -53,6 +53,15 @@ def _key(key):
     return jax.random.PRNGKey(0) if key is None else _checks.prng_key(key, "key")
 
 
+def _alignment(K, y) -> float:
+    """Target alignment of K, or NaN (no error: the panel still draws the rest) for a kernel
+    that diverged; the trainer or solver has already warned why."""
+    K = np.asarray(K, np.float64)
+    if not np.all(np.isfinite(K)):
+        return float("nan")
+    return float(kernels.target_alignment(K, y))
+
+
 def _slider_widths(widths):
     """At least two distinct widths for a width slider (its default is the second one)."""
     widths = _checks.int_list(widths, "widths")
@@ -171,7 +180,7 @@ def draw_feature_learning(axes, task, *, width, gamma0, parameterization="mup", 
                         parameterization=parameterization, center=True)
     order = np.argsort(np.asarray(task.y))
     phi_T = np.asarray(tr.phi[0, -1, -1])[np.ix_(order, order)]
-    align = float(kernels.target_alignment(tr.phi[0, -1, -1], task.y))
+    align = _alignment(tr.phi[0, -1, -1], task.y)
     ax_loss, ax_k = axes
     ax_loss.semilogy(np.asarray(tr.loss[0]))
     ax_loss.set_xlabel("step $t$")
@@ -306,7 +315,7 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
     ax_loss.legend(fontsize=7)
     order = np.argsort(np.asarray(y))
     phi_T = np.asarray(sol.phi[-1, -1, :, -1, :])
-    align = float(kernels.target_alignment(phi_T, y))
+    align = _alignment(phi_T, y)
     ax_k.imshow(phi_T[np.ix_(order, order)], cmap="viridis")
     ax_k.set_title(f"DMFT $\\Phi^L(T)$, alignment with $yy^\\top$ {align:.2f}")
     ax_k.set_xticks([])
@@ -368,6 +377,10 @@ def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_se
     if width is not None:
         width = _checks.positive_int(width, "width")
     n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    if width is not None:    # the depth slider reaches 3: the deepest networks must fit
+        _checks.fits(*nets._train_bytes(nets.make_mlp(X.shape[1], depth=3, width=width),
+                                        X.shape[0], steps=steps, record_every=steps,
+                                        n_seeds=n_seeds))
 
     return _panel(
         lambda axes, **v: draw_nonlinear(axes, X, y, eta=eta, steps=steps, samples=samples,
@@ -394,7 +407,7 @@ def loss_increases(loss, rtol=1e-3):
     """Number of steps at which a training loss rose by more than ``rtol`` (relative), per run:
     ``loss`` (n_runs, T+1) -> (n_runs,) integers; a non-finite loss counts as a rise."""
     rtol = _checks.nonnegative(rtol, "rtol")
-    loss = np.asarray(loss, np.float64)
+    loss = _checks.real_array(loss, "loss").astype(np.float64)
     if loss.ndim != 2 or loss.shape[1] < 2:
         raise ValueError(f"loss must have shape (n_runs, T+1) with T >= 1; got {loss.shape}")
     with np.errstate(invalid="ignore"):
@@ -463,7 +476,7 @@ def draw_cnn_training(axes, X, y, X_test, y_test, *, width, gamma0, eta, depth=1
     ax_loss.legend(fontsize=7)
     y_p = np.asarray(y, np.float64)[:n_probe]
     phis = np.asarray(tr.phi[:, -1], np.float64)
-    align = float(np.mean([kernels.target_alignment(k, y_p) for k in phis]))
+    align = float(np.mean([_alignment(k, y_p) for k in phis]))
     order = np.argsort(y_p, kind="stable")
     k0 = phis[0][np.ix_(order, order)]
     k0 = k0 - k0.mean(0) - k0.mean(1)[:, None] + k0.mean()     # centred: H Phi H

@@ -26,21 +26,32 @@ def variance_stderr(samples, axis=0, sum_axis=None):
     variances along that axis (e.g. over examples), which is not the sum of their errors (the
     variances of different examples are correlated): the jackknife of the sum, with d_i^2 summed
     over that axis."""
-    x = np.asarray(samples, np.float64)
+    x = _checks.real_array(samples, "samples").astype(np.float64)
     if x.ndim == 0:
         raise ValueError("samples must be an array with a sample axis; got a scalar")
+    _checks.finite(x, "samples")
+    axis = _checks.positive_int(axis, "axis", minimum=-x.ndim, maximum=x.ndim - 1)
+    if sum_axis is not None:
+        sum_axis = _checks.positive_int(sum_axis, "sum_axis", minimum=-x.ndim,
+                                        maximum=x.ndim - 1)
     E = x.shape[axis]
     if E < 4:
         raise ValueError(f"samples needs at least 4 entries along axis {axis} (a fourth-moment "
                          f"estimate); got {E}")
-    d2 = (x - x.mean(axis, keepdims=True)) ** 2
+    with np.errstate(over="ignore", invalid="ignore"):
+        d2 = (x - x.mean(axis, keepdims=True)) ** 2
     if sum_axis is not None:
         if sum_axis % x.ndim == axis % x.ndim:
             raise ValueError(f"sum_axis must differ from the sample axis {axis}; got {sum_axis}")
         d2 = d2.sum(sum_axis, keepdims=True)
         d2 = np.squeeze(d2, sum_axis)
         axis = axis if axis % x.ndim < sum_axis % x.ndim else axis - 1
-    return np.sqrt(E ** 2 / ((E - 1) * (E - 2) ** 2) * d2.var(axis))
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.sqrt(E ** 2 / ((E - 1) * (E - 2) ** 2) * d2.var(axis))
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"samples are too large: their fourth moment overflows float64 "
+                         f"(largest |sample| {float(np.max(np.abs(x))):.3g}); rescale samples")
+    return out
 
 
 class Ensemble(NamedTuple):

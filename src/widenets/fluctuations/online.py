@@ -192,6 +192,7 @@ def online_error(D, beta_star_norm, *, width=None, gamma0, eta, steps, batch_siz
     """
     D = _checks.positive_int(D, "D")
     norm = _checks.nonnegative(beta_star_norm, "beta_star_norm")
+    _checks.representable(norm, "beta_star_norm", power=4)   # (the error holds |beta*|^4 terms)
     gamma0 = _checks.nonnegative(gamma0, "gamma0", strict=True)
     eta = _checks.nonnegative(eta, "eta")
     steps = _checks.positive_int(steps, "steps")

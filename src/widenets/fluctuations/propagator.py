@@ -232,6 +232,7 @@ def propagator(Kx, y, *, depth, activation, gamma0, eta, steps, update="exact", 
     answered. Deep nonlinear networks raise a ValueError (the reason is in its message).
     """
     Kx = _checks.kernel_matrix(Kx, "Kx")
+    _checks.representable(Kx, "Kx", power=2)
     P = Kx.shape[0]
     y = _checks.targets(y, P)
     from ..dmft import MAX_DEPTH
