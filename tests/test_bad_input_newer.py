@@ -174,7 +174,8 @@ def test_kernel_regression_refuses_overflowing_predictions():
 
 
 def test_teacher_task_with_huge_noise_is_pure_noise_not_nan():
-    t = wn.data.teacher_task(0, 200, 5, noise=1e300)
+    t, msgs = _warnings(wn.data.teacher_task, 0, 200, 5, noise=1e300)
+    assert msgs and "pure noise" in msgs[0]
     clean = wn.data.teacher_task(0, 200, 5)
     y = np.asarray(t.y, np.float64)
     assert np.all(np.isfinite(y)) and abs(y.mean()) < 1e-5 and abs(y.std() - 1) < 1e-4
@@ -427,3 +428,18 @@ def test_nonlinear_panel_checks_its_deepest_setting():
     task, _ = _task()
     with pytest.raises(ValueError, match="reduce width"):
         wn.widgets.nonlinear_panel(task.X, task.y, width=10 ** 8)
+
+
+def test_a_diverging_ensemble_warns_and_returns_nan_statistics():
+    """train_mlp warns; the ensemble's error bars are NaN beside its NaN variances (it raised
+    variance_stderr's 'samples contains NaN' before)."""
+    task, _ = _task()
+    ens, msgs = _warnings(wn.fluctuations.ensemble, task.X, task.y, depth=1, width=16,
+                          activation="tanh", gamma0=1.0, eta=1e3, steps=10, n_seeds=4, key=0)
+    assert msgs and "eta=1000" in msgs[0]
+    assert not np.all(np.isfinite(ens.delta)) and not np.all(np.isfinite(ens.delta_stderr))
+
+
+def test_zero_kernel_has_no_largest_learning_rate():
+    with pytest.raises(ValueError, match="K is zero"):
+        wn.kernels.max_learning_rate(np.zeros((2, 2)))

@@ -105,6 +105,11 @@ def teacher_task(key, P: int, D: int, *, P_test: int = 0, activation: str = "tan
     P_test = _checks.positive_int(P_test, "P_test", minimum=0)
     _checks.choice(activation, "activation", _checks.ACTIVATIONS)
     noise = _checks.nonnegative(noise, "noise")
+    if noise > 1e4:
+        import warnings
+        warnings.warn(f"noise={noise:g}: the signal is {(1 / noise) ** 2:.3g} of the targets' "
+                      f"variance, so they are pure noise to float precision", RuntimeWarning,
+                      stacklevel=2)
     if P + P_test < 2:
         raise ValueError(f"teacher_task needs P + P_test >= 2 points to standardise the targets; "
                          f"got P={P}, P_test={P_test}")

@@ -435,6 +435,9 @@ def max_learning_rate(K, *, eps: float = 1e-12) -> float:
     K = _checks.kernel_matrix(K, "K")
     eps = _checks.nonnegative(eps, "eps", strict=True)
     lam_max = float(np.linalg.eigvalsh(K)[-1])
+    if lam_max <= 0:
+        raise ValueError("K is zero: gradient descent with it never moves, so every learning "
+                         "rate is stable (there is no largest one)")
     return 2 * K.shape[0] / max(lam_max, eps)
 
 

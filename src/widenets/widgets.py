@@ -117,6 +117,11 @@ def draw_lazy_training(ax, task, *, width, depth, lr_fraction, steps=100, n_seed
     K = kernels.analytic(task.X, depth=depth, activation=activation).ntk
     K_test = kernels.analytic(task.X_test, task.X, depth=depth, activation=activation).ntk
     eta = lr_fraction * kernels.max_learning_rate(K)
+    if lr_fraction > 1:
+        import warnings
+        warnings.warn(f"lr_fraction={lr_fraction:g} > 1: eta = {eta:.3g} is above the largest "
+                      f"stable learning rate of the analytic NTK, so the lazy networks and the "
+                      f"predictor diverge", RuntimeWarning, stacklevel=2)
     tr = nets.train_mlp(task.X, task.y, depth=depth, width=width, activation=activation,
                         eta=eta, steps=steps, key=key, parameterization="ntk",
                         n_seeds=n_seeds, X_test=task.X_test)

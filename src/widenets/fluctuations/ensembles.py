@@ -38,6 +38,17 @@ def variance_stderr(samples, axis=0, sum_axis=None):
     if E < 4:
         raise ValueError(f"samples needs at least 4 entries along axis {axis} (a fourth-moment "
                          f"estimate); got {E}")
+    out = _jackknife_var_se(x, axis, sum_axis)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"samples are too large: their fourth moment overflows float64 "
+                         f"(largest |sample| {float(np.max(np.abs(x))):.3g}); rescale samples")
+    return out
+
+
+def _jackknife_var_se(x, axis, sum_axis):
+    """:func:`variance_stderr` without the checks (an ensemble that diverged gets NaN errors
+    beside the NaN variances train_mlp has warned about)."""
+    E = x.shape[axis]
     with np.errstate(over="ignore", invalid="ignore"):
         d2 = (x - x.mean(axis, keepdims=True)) ** 2
     if sum_axis is not None:
@@ -47,11 +58,7 @@ def variance_stderr(samples, axis=0, sum_axis=None):
         d2 = np.squeeze(d2, sum_axis)
         axis = axis if axis % x.ndim < sum_axis % x.ndim else axis - 1
     with np.errstate(over="ignore", invalid="ignore"):
-        out = np.sqrt(E ** 2 / ((E - 1) * (E - 2) ** 2) * d2.var(axis))
-    if not np.all(np.isfinite(out)):
-        raise ValueError(f"samples are too large: their fourth moment overflows float64 "
-                         f"(largest |sample| {float(np.max(np.abs(x))):.3g}); rescale samples")
-    return out
+        return np.sqrt(E ** 2 / ((E - 1) * (E - 2) ** 2) * d2.var(axis))
 
 
 class Ensemble(NamedTuple):
@@ -137,12 +144,12 @@ def ensemble(X, y, *, depth, width, activation, gamma0, eta, steps, n_seeds, key
         bias = delta.mean(0) - ref
     phi, g = stack("phi"), stack("g")                                     # (E, L, n_rec, P, P)
     return Ensemble(mean_phi=phi.mean(0), phi=N * phi.var(0, ddof=1), mean_g=g.mean(0),
-                    g=N * g.var(0, ddof=1), phi_stderr=N * variance_stderr(phi),
-                    g_stderr=N * variance_stderr(g),
-                    delta_sum_stderr=N * variance_stderr(delta, axis=0, sum_axis=-1),
+                    g=N * g.var(0, ddof=1), phi_stderr=N * _jackknife_var_se(phi, 0, None),
+                    g_stderr=N * _jackknife_var_se(g, 0, None),
+                    delta_sum_stderr=N * _jackknife_var_se(delta, 0, delta.ndim - 1),
                     mean_delta=delta.mean(0), delta=var_delta,
-                    delta_stderr=N * variance_stderr(delta), delta_cov=cov, mean_ntk=ntk.mean(0),
-                    ntk=var_ntk, ntk_stderr=N * variance_stderr(ntk),
+                    delta_stderr=N * _jackknife_var_se(delta, 0, None), delta_cov=cov,
+                    mean_ntk=ntk.mean(0), ntk=var_ntk, ntk_stderr=N * _jackknife_var_se(ntk, 0, None),
                     times=np.asarray(tr.times), bias_delta=bias,
                     params=dict(depth=depth, width=width, activation=activation, gamma0=gamma0,
                                 eta=eta, steps=steps, n_seeds=n_seeds,

@@ -244,9 +244,12 @@ def online_networks(D, beta_star, *, width, gamma0, eta, steps, batch_size, n_se
     sizes = [per_call] * (n_seeds // per_call) + ([n_seeds % per_call] if n_seeds % per_call
                                                    else [])
     keys = jax.random.split(_checks.prng_key(key, "key"), len(sizes))
+    from .._progress import track
     err = np.concatenate([np.asarray(nets.train_online(
         D, beta_star, depth=depth, width=width, gamma0=gamma0, eta=eta, steps=steps,
-        batch_size=batch_size, key=k, n_seeds=int(b), **kwargs).error, np.float64) for k, b in zip(keys, sizes)])
+        batch_size=batch_size, key=k, n_seeds=int(b), **kwargs).error, np.float64)
+        for k, b in track(list(zip(keys, sizes)), n_seeds, "online_networks",
+                          size=lambda kb: int(kb[1]))])
     return err.mean(0), err.std(0, ddof=1) / np.sqrt(n_seeds)
 
 
