@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
+from . import _checks, _progress
 from . import nets as _nets
 from .nets import MLP, apply, scalings
 
@@ -709,20 +709,19 @@ def cnn_analytic(X, X2=None, *, depth, activation="relu", batch_size=None) -> An
                                                            + A.shape[1:])])
         return rows
 
+    pairs = [(i, j) for i in range(0, P, b1) for j in range(i if X2 is None else 0, P2, b2)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for i in range(0, P, b1):
-            n1 = min(b1, P - i)
-            for j in range(i if X2 is None else 0, P2, b2):
-                n2 = min(b2, P2 - j)
-                ph, nk = tile(block(X, i, b1), block(Y, j, b2))
-                ph, nk = np.asarray(ph)[:, :n1, :n2], np.asarray(nk)[:n1, :n2]
-                if X2 is None and j == i:   # exactly symmetric (neural-tangents' is to rounding)
-                    ph, nk = (ph + np.swapaxes(ph, 1, 2)) / 2, (nk + nk.T) / 2
-                phi[:, i:i + n1, j:j + n2], ntk[i:i + n1, j:j + n2] = ph, nk
-                if X2 is None and j != i:
-                    phi[:, j:j + n2, i:i + n1] = np.swapaxes(ph, 1, 2)
-                    ntk[j:j + n2, i:i + n1] = nk.T
+        for i, j in _progress.track(pairs, len(pairs), "cnn_analytic", unit="blocks of images"):
+            n1, n2 = min(b1, P - i), min(b2, P2 - j)
+            ph, nk = tile(block(X, i, b1), block(Y, j, b2))
+            ph, nk = np.asarray(ph)[:, :n1, :n2], np.asarray(nk)[:n1, :n2]
+            if X2 is None and j == i:   # exactly symmetric (neural-tangents' is to rounding)
+                ph, nk = (ph + np.swapaxes(ph, 1, 2)) / 2, (nk + nk.T) / 2
+            phi[:, i:i + n1, j:j + n2], ntk[i:i + n1, j:j + n2] = ph, nk
+            if X2 is None and j != i:
+                phi[:, j:j + n2, i:i + n1] = np.swapaxes(ph, 1, 2)
+                ntk[j:j + n2, i:i + n1] = nk.T
     return _finite_kernels(
         AnalyticKernels(ntk=jnp.asarray(ntk), nngp=jnp.asarray(phi[-1]), phi=jnp.asarray(phi)),
         X, "these images", "per-channel standardisation, as wn.data.images does")
