@@ -29,7 +29,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: install book test test-units-and-chapters test-build test-book clean
+.PHONY: install book test lab test-units-and-chapters test-build test-book clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ install: $(VENV)/.installed
 # scripts/chapters.py (cached; no per-cell timeout, a stall watchdog; progress lines)
 book: install
 	WIDENETS_PRESET=$${WIDENETS_PRESET:-cpu} JOBS=$(JOBS) $(PY) scripts/build_book.py
+
+# read the chapters live: JupyterLab (pinned with the rest) on notebooks/, with this
+# environment's kernel, so the sliders work; the preset defaults to cpu, as for `make book`
+# (`WIDENETS_PRESET=ci make lab` for the small sizes); LABFLAGS passes more options, e.g.
+# LABFLAGS="--no-browser --port=8899"
+# (as root, in a container, JupyterLab needs --allow-root)
+lab: install
+	WIDENETS_PRESET=$${WIDENETS_PRESET:-cpu} $(VENV)/bin/jupyter lab --notebook-dir=notebooks \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LABFLAGS)
 
 test: install
 	@$(MAKE) --no-print-directory test-units-and-chapters
