@@ -8,6 +8,9 @@ program is reused across calls, so the callback it holds looks up the label of t
 progress here rather than capturing it. Loops of fewer than :data:`MIN_STEPS` steps compile
 without the hook (nothing changes for them); longer ones evaluate a ``lax.cond`` per step and
 call back about :data:`TICKS` times in all.
+
+Work done on the host in chunks (ensembles too large for one program, blocks of image pairs)
+goes through :func:`track`, which prints the same kind of line.
 """
 from __future__ import annotations
 
