@@ -434,11 +434,11 @@ def max_learning_rate(K, *, eps: float = 1e-12) -> float:
     """
     K = _checks.kernel_matrix(K, "K")
     eps = _checks.nonnegative(eps, "eps", strict=True)
-    lam_max = float(np.linalg.eigvalsh(K)[-1])
-    if lam_max <= 0:
+    rate = _checks.stable_eta(K, K.shape[0])
+    if rate == float("inf"):
         raise ValueError("K is zero: gradient descent with it never moves, so every learning "
                          "rate is stable (there is no largest one)")
-    return 2 * K.shape[0] / max(lam_max, eps)
+    return min(rate, 2 * K.shape[0] / eps)
 
 
 # ----------------------------------------------------------------------------- CNN kernels
@@ -773,7 +773,7 @@ def kernel_regression(K, y, K_test, *, ridge=0.0):
         out = K_test.astype(np.float64) @ alpha
     if not np.all(np.isfinite(out)):
         raise ValueError(f"the predictions overflow float64: K + ridge I is nearly singular "
-                         f"(condition number {lam[-1] / lam[0]:.3g}, ridge={ridge:g}) for targets "
+                         f"(condition number {cond:.3g}, ridge={ridge:g}) for targets "
                          f"y up to {float(np.max(np.abs(y))):.3g} and K_test up to "
                          f"{float(np.max(np.abs(K_test))):.3g}: pass a larger ridge or rescale "
                          f"y and the kernels")

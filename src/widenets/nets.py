@@ -798,8 +798,8 @@ def _warn_if_not_finite(net, X, eta, loss, delta, f_test, ntk, phi, g, times) ->
             K0 = np.asarray(ntk[:, 0], np.float64)
             K0 = K0[np.all(np.isfinite(K0), axis=(1, 2))]
             if len(K0):
-                lam = float(np.max(np.linalg.eigvalsh((K0 + K0.transpose(0, 2, 1)) / 2)[:, -1]))
-                eta_max = 2 * X.shape[0] / max(lam, 1e-300)
+                eta_max = min(_checks.stable_eta(k, X.shape[0]) for k in K0)
+                lam = 2 * X.shape[0] / eta_max
                 x_rms = float(np.sqrt(np.mean(np.square(np.asarray(X, np.float64)))))
                 if eta > eta_max and x_rms > 10:
                     cause = (f"the inputs' scale (RMS {x_rms:.3g}; normalised inputs have RMS 1) "
@@ -1550,10 +1550,9 @@ def minibatch_indices(P, batch_size, steps, key):
     key = _checks.prng_key(key, "key")
     nb = -(-P // B)                         # steps per epoch
     epochs = -(-steps // nb)
-    # the epochs' permutations (epochs, P), padded to (epochs, nb * B), twice (host and device)
-    terms = {"P": 2 * 8.0 * epochs * (nb * B + P) if epochs == 1 else 0.0,
-             "steps": 2 * 8.0 * epochs * (nb * B + P) if epochs > 1 else 0.0}
-    _checks.fits(sum(terms.values()), max(terms, key=terms.get),
+    # the epochs' permutations (epochs, P), padded to (epochs, nb * B), twice (host and device);
+    # one epoch is P's doing, more are the steps'
+    _checks.fits(2 * 8.0 * epochs * (nb * B + P), "P" if epochs == 1 else "steps",
                  f"the minibatch indices of {steps} steps over {P} examples ({epochs} epoch(s))")
     perms = jax.jit(jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), P)))(
         jnp.arange(epochs))

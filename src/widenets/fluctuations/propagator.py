@@ -32,7 +32,10 @@ class Propagator(NamedTuple):
     from the influence functions' fourth moments (as :func:`variance_stderr`). The Monte-Carlo
     noise of the mean-field response the influence functions are pushed through is not in it:
     late in training the scatter of ``ntk`` over keys is ~1.3x the stated error (two-layer
-    tanh, t = 30; 1.0x at t = 0). ``delta_sum_stderr`` (T+1,) the error of sum_mu ``delta``.
+    tanh, t = 30; 1.0x at t = 0). ``delta_sum_stderr`` (T+1,) the error of sum_mu ``delta``,
+    the same way; against its scatter over 16 keys (two-layer tanh, P = 4, S = 2000, peak at
+    t = 7) it is 1.5-2x the scatter up to the peak and 0.5-0.7x after t = 12: use it as an
+    order of magnitude, not a calibrated error, late in training.
     With ``kernels=True`` (deep linear networks): ``phi`` (L, T+1, P, P) = N Var[Phi^l_mu nu(t, t)]
     and ``g`` (L, T+1) = N Var[G^l(t, t)] of every layer, and their means ``mean_phi``,
     ``mean_g``; otherwise None. ``converged`` is False (with a RuntimeWarning naming eta and
