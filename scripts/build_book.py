@@ -31,6 +31,11 @@ from chapters import (CHAPTERS, clock, execute_chapters, record, summary,  # noq
                       toc_notebooks)
 
 
+# stderr outputs of the executed chapters: myst-nb removes them from the page with a warning
+# (output_stderr: remove-warn), which fails the strict build; named again at the end of a failure
+STDERR: list[str] = []
+
+
 def fill_cache(executed: pathlib.Path, cache_path: pathlib.Path) -> int:
     """Put the executed copy of every notebook of the TOC into a fresh jupyter-cache.
 
@@ -58,9 +63,11 @@ def fill_cache(executed: pathlib.Path, cache_path: pathlib.Path) -> int:
         if [c.source for c in nb.cells] != [c.source for c in ran.cells]:
             problems.append(f"{src.relative_to(ROOT)} changed after it was executed: rerun make test")
             continue
-        for cell, run in zip(nb.cells, ran.cells):
+        for i, (cell, run) in enumerate(zip(nb.cells, ran.cells)):
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = run.outputs, run.execution_count
+                STDERR.extend(f"{src.stem} cell {i}: {o.get('text', '').strip()[:160]!r}"
+                              for o in run.outputs if o.get("name") == "stderr")
         for key in ("language_info", "widgets"):
             if key in ran.metadata:
                 nb.metadata[key] = ran.metadata[key]
@@ -202,6 +209,9 @@ def main(argv=None) -> int:
     if result:
         print(f"The book build failed (status {result}); see the messages above.",
               file=sys.stderr)
+        if STDERR:
+            print("Cells that wrote to stderr (each is a warning of the strict build):\n  "
+                  + "\n  ".join(STDERR), file=sys.stderr)
         return int(result)
     print(f"Book built in {clock(time.time() - t0)}: open {out / 'index.html'}")
     return 0

@@ -287,6 +287,10 @@ def execute(path, *, timeout: int | None, idle: float, watchdog: Watchdog | None
     # The kernel gets this process's environment less MPLBACKEND: tests/conftest.py sets Agg
     # for the unit tests, and a kernel started with it would draw no figure at all.
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    # No progress lines (widenets._progress): they are stderr, which the strict book build turns
+    # into a warning, and they appear only where a loop runs slower than ~5 s -- CI's make book
+    # failed on two of them at f61e1fc while this machine printed none.
+    env["WIDENETS_PROGRESS"] = "0"
     t0 = time.monotonic()
     status, message = "ok", ""
     try:

@@ -11,9 +11,15 @@ call back about :data:`TICKS` times in all.
 
 Work done on the host in chunks (ensembles too large for one program, blocks of image pairs)
 goes through :func:`track`, which prints the same kind of line.
+
+``WIDENETS_PROGRESS=0`` in the environment turns the lines off (read at each line): the book's
+own executions of the chapters (scripts/nbexec.py) set it, since a progress line is stderr in an
+executed notebook, which the strict book build turns into a warning -- and whether a line is
+printed depends on how fast the machine is (a CI machine slower than this one failed so).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -26,6 +32,11 @@ AFTER_S = 5.0         # the first line is printed once a run has taken this long
 EVERY_S = 10.0        # and then at most this often
 
 _runs: list = []      # stack of the runs in progress (dicts)
+
+
+def enabled() -> bool:
+    """Whether progress lines are printed (not when ``WIDENETS_PROGRESS`` is 0, off or false)."""
+    return os.environ.get("WIDENETS_PROGRESS", "1").strip().lower() not in ("0", "off", "false")
 
 
 def tick(t, total: int) -> None:
@@ -46,7 +57,7 @@ def _report(t, total) -> None:
         run["t0"], run["at"] = t, now           # loop starting again: the rate is measured
         return                                  # from here
     elapsed = now - run["start"]
-    if elapsed < AFTER_S or now - run["last"] < EVERY_S:
+    if elapsed < AFTER_S or now - run["last"] < EVERY_S or not enabled():
         return
     run["last"] = now
     left = (now - run["at"]) * (total - t) / (t - run["t0"])
@@ -78,7 +89,6 @@ def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
-
 def track(items, total: int, label: str, unit: str = "networks", size=lambda item: 1):
     """Iterate over ``items`` (chunks of work done on the host, one after another), printing
     how many of ``total`` ``unit`` are done and the time left once it has taken more than
@@ -92,7 +102,7 @@ def track(items, total: int, label: str, unit: str = "networks", size=lambda ite
         if first is None:                   # the first chunk includes the compilation
             first = (now, done)
             continue
-        if now - start >= AFTER_S and now - last >= EVERY_S and done < total:
+        if now - start >= AFTER_S and now - last >= EVERY_S and done < total and enabled():
             last = now
             left = (now - first[0]) * (total - done) / max(done - first[1], 1)
             print(f"{label}: {done:,} of {total:,} {unit} ({100 * done / total:.0f}%), "
