@@ -16,7 +16,7 @@ page that needs the network shows it. For every page:
   `Traceback` or `...Error:`;
 * chapter pages (notebooks/*): a Colab launch link and a static slider grid -- a cell tagged
   `static-grid` (HTML class `tag_static-grid`) with a figure in its output; chapters without
-  that tag fall back to the cell after the live slider cell (`wn.widgets.*_panel(...)`).
+  that tag fall back to the cell after the live slider cell (tagged `live-panel`).
 
 A full-page screenshot of each page goes to `<html>/_screenshots/<page>.png`, with an
 `index.html` listing them and the findings (linked from the status page), and `report.json`.
@@ -119,7 +119,8 @@ CHECK_JS = r"""
                 withFigure: tagged.filter(c => figures(c) > 0).length};
   } else {
     const src = c => ((c.querySelector('.cell_input') || {}).textContent || '');
-    const live = cells.map((c, i) => [c, i]).filter(([c]) => /widgets\.\w+_panel\(/.test(src(c)));
+    const live = cells.map((c, i) => [c, i]).filter(([c]) => c.classList.contains('tag_live-panel')
+                                                     || /widgets\.\w+_panel\(/.test(src(c)));
     out.grid = {marker: 'cell after the live panel', cells: live.length,
                 withFigure: live.filter(([c, i]) => figures(cells[i + 1]) > 0).length};
   }

@@ -54,8 +54,8 @@ def test_draw_feature_learning_returns_the_final_loss_and_an_alignment():
 def test_lazy_training_panel_is_an_ipywidgets_widget():
     import ipywidgets
     panel = widgets.lazy_training_panel(TASK, widths=(32, 64), steps=5)
-    assert isinstance(panel, ipywidgets.Widget)
-    sliders = {c.description: c for c in panel.children if hasattr(c, "description")}
+    assert isinstance(panel.widget, ipywidgets.Widget)
+    sliders = {c.description: c for c in panel.controls.values()}
     assert sliders["width N"].options == (32, 64) and sliders["width N"].value == 64
     assert set(sliders) >= {"depth L", "η / η_max"}
     (fig,) = [plt.figure(n) for n in plt.get_fignums()]          # drawn once, at N = 64
@@ -97,8 +97,8 @@ def test_every_panel_draws_its_figure_from_its_controls(make, names, n_axes):
     import ipywidgets
     plt.close("all")
     panel = make()                     # the panel draws once on creation (outside a kernel a
-    assert isinstance(panel, ipywidgets.Widget)   # failing callback only logs: check the figure)
-    controls = {c.description: c for c in panel.children if hasattr(c, "description")}
+    assert isinstance(panel.widget, ipywidgets.Widget)   # failing callback only logs: check the figure)
+    controls = {c.description: c for c in panel.controls.values()}
     assert set(controls) >= names
     if "activation" in controls:
         assert controls["activation"].options == ("relu", "tanh", "erf", "linear")
@@ -297,3 +297,31 @@ def test_bad_input_raises_a_value_error_that_says_what_is_wrong(fn, n_axes, kwar
         kwargs = {name: ax, **kwargs}
     with pytest.raises(ValueError, match=match):
         fn(**kwargs)
+
+
+def test_a_panel_redraws_when_a_control_moves_and_says_what_it_drew():
+    import ipywidgets
+    calls = []
+
+    def draw(ax, *, n):
+        calls.append(n)
+        ax.plot(range(n))
+        if n == 7:
+            raise ValueError("seven cannot be drawn")
+        return 2 * n
+
+    p = widgets.panel(draw, summary=lambda r: f"twice {r}",
+                      n=ipywidgets.IntSlider(value=3, min=1, max=9, description="n"))
+    assert calls == [3] and p.result == 6 and "n = 3 → twice 6" in p.status.value
+    p.controls["n"].value = 5
+    assert calls == [3, 5] and p.result == 10 and "n = 5 → twice 10" in p.status.value
+    assert p.describe(p.values(), 10) == "n = 5 → twice 10"
+    p.controls["n"].value = 7                     # a later failure is shown, not raised
+    assert "could not draw" in p.status.value and "seven" in p.status.value
+    plt.close("all")
+    with pytest.raises(ValueError, match="seven"):  # the first draw's failure is raised
+        widgets.panel(draw, n=ipywidgets.IntSlider(value=7, description="n"))
+    with pytest.raises(ValueError, match="draw must be a function"):
+        widgets.panel(3, n=ipywidgets.IntSlider())
+    with pytest.raises(ValueError, match="controls"):
+        widgets.panel(draw, n=3)

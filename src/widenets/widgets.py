@@ -71,34 +71,105 @@ def _slider_widths(widths):
     return widths
 
 
-def _panel(draw, *, ncols, figsize, **controls):
-    """An ipywidgets panel: each change of a control draws a new figure of ``ncols`` axes with
-    ``draw(axes, **values)`` (one Axes when ``ncols == 1``)."""
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+class Panel:
+    """A live panel: its controls, a status line and the figure ``draw`` makes of their values.
+
+    Each change of a control redraws: the status line says "computing…" while ``draw(axes,
+    **values)`` runs (on ``ncols`` new axes, one Axes when ``ncols == 1``), then the values,
+    what ``summary`` makes of the draw's result and the time it took. Displayed in a notebook it
+    is an ipywidgets VBox (``.widget``). ``values()`` are the controls' current values,
+    ``result`` and ``seconds`` those of the last draw; ``describe(values, result)`` is the
+    status line's text, so that a static figure drawn by ``draw`` with the same values can be
+    compared with what the panel shows; ``warnings``: what the last draw warned about (also
+    shown in the status line, under the values). The first draw happens on creation; a draw that fails
+    then is raised to the caller (ipywidgets only logs an error raised in a callback), a later
+    one is shown in the status line and the output.
+    """
+
+    def __init__(self, draw, *, ncols=1, figsize=(7.0, 4.2), summary=None, **controls):
+        import ipywidgets as w
+
+        self.draw, self.ncols, self.figsize = draw, ncols, figsize
+        self.summary = summary if summary is not None else _fmt
+        self.controls = controls
+        self.status = w.HTML(value="computing…")
+        self.output = w.Output()
+        self.widget = w.VBox([*controls.values(), self.status, self.output],
+                             layout=w.Layout(width="100%"))
+        self.result, self.seconds, self.error, self.warnings = None, None, None, []
+        self.redraw()
+        if self.error is not None:
+            self.close()
+            raise self.error
+        for c in controls.values():
+            c.observe(self.redraw, names="value")
+
+    def values(self) -> dict:
+        return {k: c.value for k, c in self.controls.items()}
+
+    def describe(self, values, result) -> str:
+        shown = ", ".join(f"{self.controls[k].description} = {_fmt(v)}" for k, v in values.items())
+        return f"{shown} → {self.summary(result)}"
+
+    def redraw(self, change=None) -> None:
+        import html
+        import time
+        import warnings
+
+        import matplotlib.pyplot as plt
+
+        values = self.values()
+        self.status.value = "<i>computing…</i>"
+        t0 = time.perf_counter()
+        self.error = None
+        with self.output, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.output.clear_output(wait=True)
+            fig, axes = plt.subplots(1, self.ncols, figsize=self.figsize)
+            try:
+                result = self.draw(axes, **values)
+            except Exception as err:      # shown here; raised to the caller on creation
+                plt.close(fig)
+                self.error = err
+                self.status.value = f"<b>could not draw</b>: {html.escape(f'{type(err).__name__}: {err}')}"
+                return
+            fig.tight_layout()
+            plt.show()
+        self.result, self.seconds = result, time.perf_counter() - t0
+        # what the solvers and trainers warned about (a divergence, say) goes in the status
+        # line, under the figure's values, instead of a stderr block beside the figure
+        said = list(dict.fromkeys(str(m.message) for m in caught))
+        self.warnings = said
+        self.status.value = (f"{html.escape(self.describe(values, result))} "
+                             f"<i>({self.seconds:.1f} s)</i>"
+                             + "".join(f"<br>⚠ {html.escape(m)}" for m in said))
+
+    def close(self) -> None:
+        for c in self.controls.values():
+            c.close()
+        self.widget.close()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def panel(draw, *, ncols=1, figsize=(7.0, 4.2), summary=None, **controls) -> Panel:
+    """A :class:`Panel` around ``draw(axes, **values)`` with the given ipywidgets controls (name
+    = the draw's keyword), for a notebook's own drawing function. ``summary`` formats the draw's
+    result for the status line (default: as it is)."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
 
-    first_error = []
-
-    def show(**values):
-        fig, axes = plt.subplots(1, ncols, figsize=figsize)
-        try:
-            draw(axes, **values)
-        except Exception as err:
-            plt.close(fig)
-            if not first_error:          # the first draw: raised to the caller below
-                first_error.append(err)
-            raise
-        first_error.append(None)
-        fig.tight_layout()
-        plt.show()
-
-    panel = w.interactive(show, **controls)   # draws once, at the sliders' initial values
-    if first_error and first_error[0] is not None:
-        # ipywidgets only logs a callback's error: a panel that cannot draw its first figure
-        # from the arguments it was given is refused here, with the draw's own message
-        panel.close()
-        raise first_error[0]
-    return panel
+    if not callable(draw):
+        raise ValueError(f"draw must be a function draw(axes, **values); got {type(draw).__name__}")
+    ncols = _checks.positive_int(ncols, "ncols")
+    if not controls or not all(isinstance(c, w.ValueWidget) for c in controls.values()):
+        raise ValueError("give the controls as keyword arguments, each an ipywidgets control "
+                         "(e.g. width=ipywidgets.IntSlider(...))")
+    return Panel(draw, ncols=ncols, figsize=figsize, summary=summary, **controls)
 
 
 def draw_lazy_training(ax, task, *, width, depth, lr_fraction, steps=100, n_seeds=2,
@@ -161,8 +232,9 @@ def lazy_training_panel(task, *, widths=(64, 256, 1024, 4096), steps=100):
     _checks.fits(*nets._train_bytes(net, task.X.shape[0], task.X_test.shape[0], steps=steps,
                                    record_every=steps, n_seeds=2))
 
-    return _panel(
+    return Panel(
         lambda ax, **v: draw_lazy_training(ax, task, steps=steps, **v), ncols=1, figsize=(5.5, 3.8),
+        summary=lambda gap: f"test gap to the NTK predictor {gap:.4f}",
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
                                 continuous_update=False),
         depth=w.IntSlider(value=2, min=1, max=4, description="depth L", continuous_update=False),
@@ -211,9 +283,9 @@ def feature_learning_panel(task, *, widths=(64, 256, 1024), steps=200):
     net = nets.make_mlp(task.X.shape[1], depth=2, width=max(widths))
     _checks.fits(*nets._train_bytes(net, task.X.shape[0], steps=steps, record_every=steps))
 
-    return _panel(
+    return Panel(
         lambda axes, **v: draw_feature_learning(axes, task, steps=steps, **v), ncols=2,
-        figsize=(9, 3.6),
+        figsize=(9, 3.6), summary=lambda r: f"final loss {r[0]:.4g}, alignment {r[1]:.3f}",
         gamma0=w.FloatLogSlider(value=1.0, base=10, min=-1.5, max=0.5, description="γ0",
                                 continuous_update=False),
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
@@ -260,9 +332,10 @@ def deep_linear_panel(Kx, y, *, steps=100):
     y = _checks.targets(y, Kx.shape[0], "y")
     steps = _checks.positive_int(steps, "steps")
 
-    return _panel(
+    return Panel(
         lambda axes, **v: draw_deep_linear(axes, Kx, y, steps=steps, **v), ncols=2,
         figsize=(9, 3.6),
+        summary=lambda r: "final loss: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()),
         gamma0=w.FloatSlider(value=1.0, min=0.0, max=3.0, step=0.1, description="γ0",
                              continuous_update=False),
         depth=w.IntSlider(value=2, min=1, max=5, description="depth L", continuous_update=False),
@@ -387,10 +460,13 @@ def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_se
                                         X.shape[0], steps=steps, record_every=steps,
                                         n_seeds=n_seeds))
 
-    return _panel(
+    return Panel(
         lambda axes, **v: draw_nonlinear(axes, X, y, eta=eta, steps=steps, samples=samples,
                                          width=width, n_seeds=n_seeds, **v),
         ncols=3, figsize=(14, 3.8),
+        summary=lambda r: (f"final loss: DMFT {r['dmft']:.4g}, static NTK {r['static']:.4g}"
+                           + ("" if r["networks"] is None else f", networks {r['networks']:.4g}")
+                           + f"; alignment {r['alignment']:.3f}"),
         gamma0=w.FloatSlider(value=1.0, min=0.1, max=3.0, step=0.1, description="γ0",
                              continuous_update=False),
         activation=w.ToggleButtons(options=["relu", "tanh", "erf", "linear"], value="relu",
@@ -559,12 +635,14 @@ def cnn_panel(X, y, X_test, y_test, *, widths=(32, 64, 128), eta, gamma0=1.0, st
                                        batch_size=batch_size))
     log_eta = float(np.log10(eta))
 
-    return _panel(
+    return Panel(
         lambda axes, **v: draw_cnn_training(axes, X, y, X_test, y_test, depth=depth,
                                             activation=activation, steps=steps,
                                             n_seeds=n_seeds, record_every=record_every,
                                             n_probe=n_probe, batch_size=batch_size, **v),
         ncols=2, figsize=(10, 3.8),
+        summary=lambda r: (f"test loss {r['test_loss']:.4f}, test accuracy {r['test_acc']:.3f}, "
+                           f"alignment {r['alignment']:.3f}"),
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
                                 continuous_update=False),
         gamma0=w.FloatLogSlider(value=min(max(gamma0, 0.01), 10 ** 0.5), base=10, min=-2,
