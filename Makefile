@@ -3,7 +3,8 @@
 #               progress lines; cached in _build/chapters/: a rebuild executes only what
 #               changed), build _build/html
 #   make test   set up .venv; unit tests and every chapter executed once (`ci` preset), side by
-#               side under pytest-xdist; the strict book build rendering those executed
+#               side under pytest-xdist, with every live panel driven in JupyterLab in headless
+#               Chromium (tests/test_panels.py); the strict book build rendering those executed
 #               chapters; then the built book checked, in headless Chromium when installed
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -58,15 +59,16 @@ test: install
 	@$(MAKE) --no-print-directory test-units-and-chapters
 	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory test-book
+	@cat _build/panel_redraws.txt 2>/dev/null || true
 
 # 1. unit tests and the chapters: each chapter is executed once, its hidden checks included.
 #    tests/test_chapters.py comes first and --dist loadgroup hands out tests one at a time in
 #    turn (the default hands each worker a run of consecutive tests: all the chapters to one),
 #    so the chapters start at once on both workers and the unit tests fill in around them
 test-units-and-chapters:
-	rm -rf $(EXECUTED)
+	rm -rf $(EXECUTED) _build/panel_redraws.txt
 	$(CI_ENV) $(PIN) WIDENETS_EXECUTED=$(EXECUTED) $(PY) -m pytest -q -p no:cacheprovider \
-	  -n $(JOBS) --dist loadgroup --durations=31 tests/test_chapters.py tests
+	  -n $(JOBS) --dist loadgroup --durations=31 tests/test_chapters.py tests/test_panels.py tests
 
 # 2. the strict book build renders those executed copies (it never executes a notebook)
 test-build:

@@ -291,6 +291,9 @@ def execute(path, *, timeout: int | None, idle: float, watchdog: Watchdog | None
     # into a warning, and they appear only where a loop runs slower than ~5 s -- CI's make book
     # failed on two of them at f61e1fc while this machine printed none.
     env["WIDENETS_PROGRESS"] = "0"
+    # nor the live panels' preparation of nearby settings (wn.widgets.Panel): no one moves a
+    # slider in a batch run, and it would keep the kernel busy into the next cells
+    env["WIDENETS_PANEL_PREPARE"] = "0"
     t0 = time.monotonic()
     status, message = "ok", ""
     try:

@@ -19,7 +19,7 @@ each move it waits for the redraw and checks
 and at the end that every kernel and the server are shut down. Each redraw's time (mouse
 released -> new figure shown) is recorded; a table is printed.
 
-    python scripts/panel_check.py --preset ci                 # what make test runs (~3 min)
+    python scripts/panel_check.py --preset ci --no-prepare    # what make test runs (~3 min)
     python scripts/panel_check.py --preset cpu --moves 3      # the redraw table at cpu
     python scripts/panel_check.py --chapters 03 05b --keep /tmp/panels   # keep screenshots
 
@@ -92,7 +92,7 @@ def free_port() -> int:
 class Lab:
     """JupyterLab (this environment's, as `make lab` runs it) on a folder, with a token."""
 
-    def __init__(self, folder: pathlib.Path, preset: str):
+    def __init__(self, folder: pathlib.Path, preset: str, prepare: bool = True):
         self.port, self.token = free_port(), uuid.uuid4().hex
         settings = folder / ".lab-settings"
         for name, value in LAB_SETTINGS.items():
@@ -108,7 +108,8 @@ class Lab:
         if os.getuid() == 0:
             cmd.append("--allow-root")
         env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-        env.update(WIDENETS_PRESET=preset, TF_CPP_MIN_LOG_LEVEL="3")
+        env.update(WIDENETS_PRESET=preset, TF_CPP_MIN_LOG_LEVEL="3",
+                   WIDENETS_PANEL_PREPARE="1" if prepare else "0")
         self.log = open(folder / ".lab.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -331,6 +332,10 @@ def check_chapter(page: Page, lab: Lab, name: str, moves: int, shots: pathlib.Pa
     """Open the chapter's panel notebook, run it, move every control ``moves`` times."""
     rec: dict = {"chapter": name, "redraws": [], "problems": []}
     t0 = time.perf_counter()
+    # the notebook open before (if any) saved, so that leaving it asks nothing (JupyterLab's
+    # beforeunload prompt would hold the navigation)
+    page.eval("(async () => { const nb = window.__nb && window.__nb();"
+              " if (nb) await nb.context.save(); return true; })()")
     page.dt.send("Page.navigate", {"url": f"http://127.0.0.1:{lab.port}/lab/tree/{name}.ipynb"
                                           f"?reset&token={lab.token}"})
     page.dt.wait_event("Page.loadEventFired", 60)
@@ -351,10 +356,15 @@ def check_chapter(page: Page, lab: Lab, name: str, moves: int, shots: pathlib.Pa
     rec["controls"] = [c["label"] for c in controls]
     for move in range(moves):
         for i, c in enumerate(controls):
+            # a reader looks at the figure before moving on: the panel prepares the settings
+            # one move away meanwhile (wn.widgets.Panel); wait for that, and record it
+            rec["prepare_s"] = rec.get("prepare_s", 0.0) + page.wait(
+                "!/preparing/.test(s.status) && s.kernel === 'idle'", 900,
+                f"{name}: the panel's preparation of nearby settings")
             before = page.eval("window.__state()")
             t = time.perf_counter()
             how = move_control(page, i, move)
-            page.wait(f"s.img && s.img !== {json.dumps(before['img'])} && !/computing/.test(s.status)"
+            page.wait(f"s.img && s.img !== {json.dumps(before['img'])} && /\\(\\d+\\.\\d s\\)/.test(s.status)"
                       f" && s.status !== {json.dumps(before['status'])} && s.kernel === 'idle'",
                       600, f"{name}: redraw after moving {c['label']!r} ({how})")
             seconds = time.perf_counter() - t
@@ -403,17 +413,20 @@ def browser_errors(events: list[dict]) -> list[str]:
     return bad
 
 
-def run(preset: str, prefixes=None, moves: int = 1, keep: pathlib.Path | None = None) -> list[dict]:
+def run(preset: str, prefixes=None, moves: int = 1, keep: pathlib.Path | None = None,
+        prepare: bool = True) -> list[dict]:
     chromium = find_chromium()
     if chromium is None:
         raise RuntimeError("Chromium is not installed (apt-get install chromium)")
     folder = pathlib.Path(tempfile.mkdtemp(prefix="widenets-panels-"))
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     results = []
     try:
         chapters = chapters_with_panels(prefixes)
         for path in chapters:
             (folder / path.name).write_text(json.dumps(panel_notebook(path), indent=1))
-        lab = Lab(folder, preset)
+        lab = Lab(folder, preset, prepare)
         profile = folder / ".chromium"
         profile.mkdir()
         proc, dt = launch(chromium, profile)
@@ -467,16 +480,18 @@ def summary_line(rec: dict) -> str:
 def table(results: list[dict], preset: str) -> str:
     lines = [f"Live panels in JupyterLab + headless Chromium, preset {preset} (redraw: mouse "
              f"released -> new figure on the page)",
-             f"{'chapter':24s} {'open+setup+first':>16s} {'median':>7s} {'slowest':>8s}  each move: "
-             f"control = value (s)"]
+             f"{'chapter':24s} {'open+setup+first':>16s} {'preparing':>9s} {'median':>7s} "
+             f"{'slowest':>8s}  each move: control = value (s)"]
     for r in results:
         if not r["redraws"]:
             lines.append(f"{r['chapter']:24s} failed")
             continue
         times = [x["seconds"] for x in r["redraws"]]
-        each = "; ".join(f"{x['control']} = {x['value']} ({x['seconds']:.1f})" for x in r["redraws"])
+        each = "; ".join(f"{x['control']} = {x['value']:.3g} ({x['seconds']:.1f})"
+                         if isinstance(x["value"], float) else
+                         f"{x['control']} = {x['value']} ({x['seconds']:.1f})" for x in r["redraws"])
         lines.append(f"{r['chapter']:24s} {r.get('open_s', 0) + r.get('setup_and_first_draw_s', 0):16.1f} "
-                     f"{statistics.median(times):7.2f} {max(times):8.2f}  {each}")
+                     f"{r.get('prepare_s', 0):9.1f} {statistics.median(times):7.2f} {max(times):8.2f}  {each}")
     return "\n".join(lines)
 
 
@@ -487,8 +502,11 @@ def main(argv=None) -> int:
     ap.add_argument("--moves", type=int, default=1, help="moves of each control (default 1)")
     ap.add_argument("--keep", type=pathlib.Path, help="save screenshots and the server log here")
     ap.add_argument("--json", type=pathlib.Path, help="write the results here")
+    ap.add_argument("--no-prepare", action="store_true",
+                    help="panels do not prepare nearby settings (quicker; redraws that change a "
+                    "shape then compile)")
     args = ap.parse_args(argv)
-    results = run(args.preset, args.chapters, args.moves, args.keep)
+    results = run(args.preset, args.chapters, args.moves, args.keep, not args.no_prepare)
     print(table(results, args.preset))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -325,3 +325,39 @@ def test_a_panel_redraws_when_a_control_moves_and_says_what_it_drew():
         widgets.panel(3, n=ipywidgets.IntSlider())
     with pytest.raises(ValueError, match="controls"):
         widgets.panel(draw, n=3)
+
+
+def test_a_panel_prepares_the_settings_one_move_away_while_the_kernel_is_idle(monkeypatch):
+    import types
+
+    import ipywidgets
+    import IPython
+    queue = []
+    loop = types.SimpleNamespace(call_later=lambda delay, fn, *a: queue.append((fn, a)))
+    monkeypatch.setattr(IPython, "get_ipython",
+                        lambda: types.SimpleNamespace(kernel=types.SimpleNamespace(io_loop=loop)))
+    monkeypatch.delenv("WIDENETS_PANEL_PREPARE", raising=False)
+    drawn = []
+
+    def draw(ax, *, depth, gamma0):
+        drawn.append((depth, gamma0))
+        return depth
+
+    p = widgets.panel(draw, prepare=("depth",),
+                      depth=ipywidgets.IntSlider(value=2, min=1, max=4, description="L"),
+                      gamma0=ipywidgets.FloatSlider(value=1.0, min=0.0, max=2.0, description="g"))
+    assert drawn == [(2, 1.0)] and "preparing 3 nearby settings" in p.status.value
+    while queue:                                  # the kernel's idle turns
+        fn, a = queue.pop(0)
+        fn(*a)
+    # each other depth drawn once off-screen at the current gamma0, no figure left open
+    assert sorted(drawn[1:]) == [(1, 1.0), (3, 1.0), (4, 1.0)]
+    assert "preparing" not in p.status.value and p.status.value.startswith("L = 2, g = 1 → 2")
+    assert p.prepared == {(1,), (2,), (3,), (4,)}
+    n = len(drawn)
+    p.controls["gamma0"].value = 0.5             # gamma0 compiles nothing new (not in prepare)
+    assert drawn[n] == (2, 0.5) and not queue     # prepared signatures are depths: nothing new
+    monkeypatch.setenv("WIDENETS_PANEL_PREPARE", "0")   # batch runs (the book) prepare nothing
+    q = widgets.panel(draw, prepare=("depth",), depth=ipywidgets.IntSlider(value=1, min=1, max=3),
+                      gamma0=ipywidgets.FloatSlider(value=1.0))
+    assert not queue and "preparing" not in q.status.value

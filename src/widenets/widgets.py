@@ -90,23 +90,84 @@ class Panel:
     one is shown in the status line and the output.
     """
 
-    def __init__(self, draw, *, ncols=1, figsize=(7.0, 4.2), summary=None, **controls):
+    def __init__(self, draw, *, ncols=1, figsize=(7.0, 4.2), summary=None, prepare=(),
+                 **controls):
         import ipywidgets as w
 
         self.draw, self.ncols, self.figsize = draw, ncols, figsize
         self.summary = summary if summary is not None else _fmt
         self.controls = controls
+        self.prepare = tuple(k for k in prepare if k in controls)
         self.status = w.HTML(value="computing…")
         self.output = w.Output()
         self.widget = w.VBox([*controls.values(), self.status, self.output],
                              layout=w.Layout(width="100%"))
         self.result, self.seconds, self.error, self.warnings = None, None, None, []
+        self.prepared, self._pending, self._shown = set(), [], ""
         self.redraw()
         if self.error is not None:
             self.close()
             raise self.error
         for c in controls.values():
             c.observe(self.redraw, names="value")
+
+    # -- preparing the programs of the settings a reader moves to next ---------------------
+    # A control named in ``prepare`` changes the shapes of the computation (a width, a depth, a
+    # batch size) or what is compiled (an activation): its first visit to a value compiles new
+    # programs, which takes seconds. After each draw the panel prepares, while the kernel is
+    # idle, the settings one move away along those controls: each is drawn once off-screen (no
+    # figure shown, warnings dropped), one per turn of the kernel's event loop, so that a move
+    # of a slider waits for at most one of them. The status line says "preparing…" meanwhile.
+    # Not in batch runs (WIDENETS_PANEL_PREPARE=0: the book's executions), nor outside a kernel.
+
+    def _signature(self, values) -> tuple:
+        return tuple(values[k] for k in self.prepare)
+
+    def _options(self, name) -> list:
+        c = self.controls[name]
+        if hasattr(c, "options"):
+            return [o[1] if isinstance(o, tuple) else o for o in c.options]
+        return list(range(c.min, c.max + 1)) if isinstance(c.value, int) else []
+
+    def _schedule(self, values) -> None:
+        import os
+        if not self.prepare or os.environ.get("WIDENETS_PANEL_PREPARE", "1") == "0":
+            return
+        try:
+            from IPython import get_ipython
+            loop = get_ipython().kernel.io_loop
+        except Exception:           # not in a kernel: nothing to prepare for
+            return
+        self.prepared.add(self._signature(values))
+        near = [dict(values, **{k: v}) for k in self.prepare for v in self._options(k)]
+        self._pending = [v for v in near if self._signature(v) not in self.prepared]
+        if self._pending:
+            self.status.value = self._shown + f"<br><i>preparing {len(self._pending)} nearby settings…</i>"
+            loop.call_later(0.05, self._prepare_one, loop)
+
+    def _prepare_one(self, loop) -> None:
+        import warnings
+
+        from matplotlib.figure import Figure
+        while self._pending and self._signature(self._pending[0]) in self.prepared:
+            self._pending.pop(0)
+        if not self._pending:
+            self.status.value = self._shown
+            return
+        values = self._pending.pop(0)
+        self.prepared.add(self._signature(values))
+        fig = Figure(figsize=self.figsize)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.draw(fig.subplots(1, self.ncols), **values)
+        except Exception:           # a setting that cannot be drawn says so when it is chosen
+            pass
+        left = sum(self._signature(v) not in self.prepared for v in self._pending)
+        self.status.value = self._shown + (f"<br><i>preparing {left} nearby settings…</i>"
+                                           if left else "")
+        if left:
+            loop.call_later(0.05, self._prepare_one, loop)
 
     def values(self) -> dict:
         return {k: c.value for k, c in self.controls.items()}
@@ -144,9 +205,11 @@ class Panel:
         # line, under the figure's values, instead of a stderr block beside the figure
         said = list(dict.fromkeys(str(m.message) for m in caught))
         self.warnings = said
-        self.status.value = (f"{html.escape(self.describe(values, result))} "
-                             f"<i>({self.seconds:.1f} s)</i>"
-                             + "".join(f"<br>⚠ {html.escape(m)}" for m in said))
+        self._shown = (f"{html.escape(self.describe(values, result))} "
+                       f"<i>({self.seconds:.1f} s)</i>"
+                       + "".join(f"<br>⚠ {html.escape(m)}" for m in said))
+        self.status.value = self._shown
+        self._schedule(values)
 
     def close(self) -> None:
         for c in self.controls.values():
@@ -157,10 +220,12 @@ class Panel:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-def panel(draw, *, ncols=1, figsize=(7.0, 4.2), summary=None, **controls) -> Panel:
+def panel(draw, *, ncols=1, figsize=(7.0, 4.2), summary=None, prepare=(), **controls) -> Panel:
     """A :class:`Panel` around ``draw(axes, **values)`` with the given ipywidgets controls (name
     = the draw's keyword), for a notebook's own drawing function. ``summary`` formats the draw's
-    result for the status line (default: as it is)."""
+    result for the status line (default: as it is); ``prepare`` names the controls whose values
+    change what is compiled (widths, depths, batch sizes): the panel prepares their neighbouring
+    settings while the kernel is idle."""
     import ipywidgets as w
 
     if not callable(draw):
@@ -169,7 +234,8 @@ def panel(draw, *, ncols=1, figsize=(7.0, 4.2), summary=None, **controls) -> Pan
     if not controls or not all(isinstance(c, w.ValueWidget) for c in controls.values()):
         raise ValueError("give the controls as keyword arguments, each an ipywidgets control "
                          "(e.g. width=ipywidgets.IntSlider(...))")
-    return Panel(draw, ncols=ncols, figsize=figsize, summary=summary, **controls)
+    return Panel(draw, ncols=ncols, figsize=figsize, summary=summary, prepare=prepare,
+                 **controls)
 
 
 def draw_lazy_training(ax, task, *, width, depth, lr_fraction, steps=100, n_seeds=2,
@@ -234,6 +300,7 @@ def lazy_training_panel(task, *, widths=(64, 256, 1024, 4096), steps=100):
 
     return Panel(
         lambda ax, **v: draw_lazy_training(ax, task, steps=steps, **v), ncols=1, figsize=(5.5, 3.8),
+        prepare=("width", "depth"),
         summary=lambda gap: f"test gap to the NTK predictor {gap:.4f}",
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
                                 continuous_update=False),
@@ -285,7 +352,7 @@ def feature_learning_panel(task, *, widths=(64, 256, 1024), steps=200):
 
     return Panel(
         lambda axes, **v: draw_feature_learning(axes, task, steps=steps, **v), ncols=2,
-        figsize=(9, 3.6), summary=lambda r: f"final loss {r[0]:.4g}, alignment {r[1]:.3f}",
+        figsize=(9, 3.6), prepare=("width", "parameterization"), summary=lambda r: f"final loss {r[0]:.4g}, alignment {r[1]:.3f}",
         gamma0=w.FloatLogSlider(value=1.0, base=10, min=-1.5, max=0.5, description="γ0",
                                 continuous_update=False),
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
@@ -334,7 +401,7 @@ def deep_linear_panel(Kx, y, *, steps=100):
 
     return Panel(
         lambda axes, **v: draw_deep_linear(axes, Kx, y, steps=steps, **v), ncols=2,
-        figsize=(9, 3.6),
+        figsize=(9, 3.6), prepare=("depth",),
         summary=lambda r: "final loss: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()),
         gamma0=w.FloatSlider(value=1.0, min=0.0, max=3.0, step=0.1, description="γ0",
                              continuous_update=False),
@@ -463,7 +530,7 @@ def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_se
     return Panel(
         lambda axes, **v: draw_nonlinear(axes, X, y, eta=eta, steps=steps, samples=samples,
                                          width=width, n_seeds=n_seeds, **v),
-        ncols=3, figsize=(14, 3.8),
+        ncols=3, figsize=(14, 3.8), prepare=("activation", "depth"),
         summary=lambda r: (f"final loss: DMFT {r['dmft']:.4g}, static NTK {r['static']:.4g}"
                            + ("" if r["networks"] is None else f", networks {r['networks']:.4g}")
                            + f"; alignment {r['alignment']:.3f}"),
@@ -640,7 +707,7 @@ def cnn_panel(X, y, X_test, y_test, *, widths=(32, 64, 128), eta, gamma0=1.0, st
                                             activation=activation, steps=steps,
                                             n_seeds=n_seeds, record_every=record_every,
                                             n_probe=n_probe, batch_size=batch_size, **v),
-        ncols=2, figsize=(10, 3.8),
+        ncols=2, figsize=(10, 3.8), prepare=("width",),
         summary=lambda r: (f"test loss {r['test_loss']:.4f}, test accuracy {r['test_acc']:.3f}, "
                            f"alignment {r['alignment']:.3f}"),
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
