@@ -274,13 +274,15 @@ class Page:
             while (performance.now() - t0 < {timeout * 1000}) {{
               const s = window.__state ? window.__state() : {{bad: []}};
               if (s.bad && s.bad.length) return {{ok: false, bad: s.bad}};
+              if (/could not draw/.test(s.status || '')) return {{ok: false, bad: [s.status]}};
               if ({predicate_js}) return {{ok: true}};
               await new Promise(r => setTimeout(r, 50));
             }}
             return {{ok: false, timeout: true}}; }})()""", timeout=timeout)
         if not res["ok"]:
             if res.get("bad"):
-                raise AssertionError(f"{what}: error output in the notebook:\n" + "\n".join(res["bad"]))
+                raise AssertionError(f"{what}: an error in the notebook or the panel:\n"
+                                     + "\n".join(res["bad"]))
             raise AssertionError(f"{what}: not within {timeout:.0f} s")
         return time.perf_counter() - t0
 

@@ -361,3 +361,14 @@ def test_a_panel_prepares_the_settings_one_move_away_while_the_kernel_is_idle(mo
     q = widgets.panel(draw, prepare=("depth",), depth=ipywidgets.IntSlider(value=1, min=1, max=3),
                       gamma0=ipywidgets.FloatSlider(value=1.0))
     assert not queue and "preparing" not in q.status.value
+
+
+@pytest.mark.parametrize("activation", ["linear", "erf"])
+def test_draw_nonlinear_draws_every_activation_of_its_panel(activation):
+    # the panel's toggle offers relu, tanh, erf and linear; "linear" once failed in its
+    # static-NTK reference (the exact linear solver takes no samples)
+    fig, axes = plt.subplots(1, 3)
+    out = widgets.draw_nonlinear(axes, TASK.X, TASK.y, gamma0=1.0, activation=activation,
+                                 depth=1, eta=0.5, steps=3, samples=32, width=16, n_seeds=1)
+    assert np.isfinite(out["dmft"]) and np.isfinite(out["static"]) and out["static"] < 0.5
+    plt.close(fig)

@@ -502,8 +502,10 @@ def _static_ntk_cached(Kx, y, *, depth, activation, eta, steps, samples, key):
     from . import dmft
     ck = (dmft._digest(Kx, y, key), depth, activation, float(eta), steps, samples)
     if ck not in _LAZY:
-        _LAZY[ck] = dmft.static_ntk(Kx, y, depth=depth, activation=activation, eta=eta,
-                                    steps=steps, samples=samples, key=key)
+        # the Monte-Carlo solver at gamma0 = 0 (what static_ntk runs for a nonlinear
+        # activation), for "linear" too, which static_ntk solves exactly and without samples
+        _LAZY[ck] = dmft.nonlinear(Kx, y, depth=depth, activation=activation, gamma0=0.0,
+                                   eta=eta, steps=steps, samples=samples, key=key)
         while len(_LAZY) > 4:
             _LAZY.pop(next(iter(_LAZY)))
     return _LAZY[ck]
