@@ -12,6 +12,8 @@ apart. Prints a table per panel (median and slowest redraw, and every slider's t
     .venv/bin/python benchmarks/panel_redraws.py --preset ci --chapters 03 06
 
 Target (issue 22): median <= 2 s and slowest <= 5 s per panel at cpu on an idle 2-core CPU.
+scripts/panel_check.py measures the same in a real browser (JupyterLab + headless Chromium), with
+the panels' preparation of nearby settings; this one, in the kernel alone, runs without it.
 """
 from __future__ import annotations
 
@@ -26,17 +28,15 @@ from concurrent.futures import ProcessPoolExecutor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# in the kernel, after the panel's cell: the panel is the newest ipywidgets interactive (the
-# cell's value, or any live one)
+# in the kernel, after the panel's cell: the panel is the newest wn.widgets.Panel (the cell's value)
 PROBE = r'''
 import json as _json, time as _time
 import ipywidgets as _ipw
 from ipywidgets.widgets.widget import _instances as _all_widgets
-_cands = ([v for v in list(Out.values())[::-1] if isinstance(v, _ipw.interactive)]
-          + [v for v in list(_all_widgets.values())[::-1] if isinstance(v, _ipw.interactive)])
+_cands = [v for v in list(Out.values())[::-1] if type(v).__name__ == "Panel"]
 _panel = _cands[0]
 _rows = []
-for _w in _panel.kwargs_widgets:
+for _w in _panel.controls.values():
     _start = _w.value
     if hasattr(_w, "options") and _w.options:
         _opts = [o[1] if isinstance(o, tuple) else o for o in _w.options]
@@ -57,7 +57,7 @@ print("PANEL_TIMES " + _json.dumps(_rows))
 
 def _panel_cell(nb) -> int:
     for i, c in enumerate(nb.cells):
-        if c.cell_type == "code" and ("_panel(" in c.source or "widgets.interactive(" in c.source):
+        if c.cell_type == "code" and "live-panel" in c.metadata.get("tags", []):
             return i
     return -1
 
@@ -66,6 +66,7 @@ def run(path: str, preset: str) -> dict:
     import nbformat
     from nbclient import NotebookClient
     os.environ["WIDENETS_PRESET"] = preset
+    os.environ["WIDENETS_PANEL_PREPARE"] = "0"     # the kernel alone: no preparation between cells
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     nb = nbformat.read(path, as_version=4)
     k = _panel_cell(nb)
