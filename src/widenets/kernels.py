@@ -427,6 +427,74 @@ def gradient_flow_predictor(K, y, *, eta, t, K_test=None, f0=None, f0_test=None)
     return Prediction(f, f0_test[None, :] + ((gain * c0[None, :]) @ V.T) @ K_test.T)
 
 
+class GPPosterior(NamedTuple):
+    """The outputs of an infinite ensemble of networks on test points: ``mean`` (P_test,) and
+    ``cov`` (P_test, P_test), float64 NumPy arrays (see :func:`ntk_gp`)."""
+    mean: np.ndarray
+    cov: np.ndarray
+
+
+def ntk_gp(ntk, nngp, y, *, eta, steps, ntk_test, nngp_test, nngp_test_test) -> GPPosterior:
+    """NTK-GP inference: the distribution, over initialisations, of infinitely wide networks
+    (NTK parameterisation) trained by ``steps`` steps of full-batch gradient descent on the
+    mean squared error, at the test points.
+
+    At infinite width the network is its linearisation with the deterministic NTK ``ntk``
+    (Theta, (P, P)), and its outputs at initialisation are a Gaussian process with the NNGP
+    kernel ``nngp`` (K). With ``M_t = I - (I - eta Theta / P)^t`` (this package's units: the
+    loss is the mean over the P examples, as for :func:`gd_predictor` and ``nets.train_mlp``)
+    and ``A = Theta_* Theta^{-1} M_t`` (``Theta_*`` = ``ntk_test``, (P_test, P)),
+
+        f_t(x_*) = f_0(x_*) + A (y - f_0(X)),
+        mean = A y,    cov = K_** - A K_X* - K_*X A^T + A K_XX A^T
+
+    (Lee et al. 2019, eqs. 15-16, in discrete time), with ``K_*X`` = ``nngp_test`` (P_test, P)
+    and ``K_**`` = ``nngp_test_test`` (P_test, P_test). ``Theta^{-1} M_t`` is taken in the
+    eigenbasis of Theta (``(1 - (1 - eta lam / P)^t) / lam``, ``eta t / P`` for lam = 0), so a
+    singular NTK needs no ridge. ``steps = 0`` gives the prior; many steps give the mean of
+    kernel regression with Theta (:func:`kernel_regression`) and a covariance that is not K's
+    posterior (the ensemble is not Bayesian). Computed in float64 on the host.
+    """
+    theta = np.asarray(_checks.kernel_matrix(ntk, "ntk"), np.float64)
+    P = theta.shape[0]
+    K = np.asarray(_checks.kernel_matrix(nngp, "nngp"), np.float64)
+    if K.shape != theta.shape:
+        raise ValueError(f"nngp must have the shape of ntk, {theta.shape}; got {K.shape}")
+    y = np.asarray(_checks.targets(y, P, "y"), np.float64)
+    eta = _checks.nonnegative(eta, "eta")
+    steps = _checks.positive_int(steps, "steps", minimum=0)
+    tests = {}
+    for name, A in (("ntk_test", ntk_test), ("nngp_test", nngp_test)):
+        A = _checks.real_array(A, name)
+        if A.ndim != 2 or A.shape[1] != P or A.shape[0] < 1:
+            raise ValueError(f"{name} must have shape (P_test, {P}); got {A.shape}")
+        _checks.finite(A, name)
+        tests[name] = A.astype(np.float64)
+    P_test = tests["ntk_test"].shape[0]
+    if tests["nngp_test"].shape[0] != P_test:
+        raise ValueError(f"nngp_test must have {P_test} rows like ntk_test; got "
+                         f"{tests['nngp_test'].shape}")
+    Kss = np.asarray(_checks.kernel_matrix(nngp_test_test, "nngp_test_test"), np.float64)
+    if Kss.shape != (P_test, P_test):
+        raise ValueError(f"nngp_test_test must have shape ({P_test}, {P_test}); got {Kss.shape}")
+    _checks.fits(8 * (4 * P * P + 4 * P_test * P + 3 * P_test * P_test), "the test points",
+                 f"NTK-GP inference on {P_test} test points")
+    lam, V = np.linalg.eigh((theta + theta.T) / 2)
+    lam = np.clip(lam, 0.0, None)
+    if lam[-1] > 0 and eta > 2 * P / lam[-1] * (1 + 1e-6):
+        raise ValueError(f"eta={eta:g} is above the stable learning rate 2P/lambda_max(ntk) = "
+                         f"{2 * P / lam[-1]:.4g}: the ensemble diverges (no finite posterior)")
+    keep = lam > 1e-12 * max(lam[-1], 1e-300)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        gain = np.where(keep, (1 - (1 - eta * lam / P) ** steps) / np.where(keep, lam, 1.0),
+                        eta * steps / P)
+    A = (tests["ntk_test"] @ V) * gain[None, :] @ V.T                       # (P_test, P)
+    Kx = tests["nngp_test"]
+    mean = A @ y
+    cov = Kss - A @ Kx.T - Kx @ A.T + A @ ((K + K.T) / 2) @ A.T
+    return GPPosterior(mean, (cov + cov.T) / 2)
+
+
 def max_learning_rate(K, *, eps: float = 1e-12) -> float:
     """Largest stable ``eta`` for gradient descent with kernel ``K`` (P, P): ``2 P / lambda_max``.
 
