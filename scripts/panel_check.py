@@ -89,6 +89,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def execute(port: int, token: str, kernel_id: str, code: str,
+            timeout: float = 600.0) -> tuple[str, str]:
+    """Run ``code`` in a Jupyter server's kernel over its websocket (a session of its own, no
+    history); return (stdout + tracebacks, reply status)."""
+    import websocket
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{port}/api/kernels/{kernel_id}/channels?token={token}",
+        timeout=timeout, suppress_origin=True)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "check",
+                       "session": uuid.uuid4().hex, "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
+        out, status, idle = [], None, False
+        deadline = time.monotonic() + timeout
+        while not (status and idle) and time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["header"]["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                out.append("\n".join(msg["content"]["traceback"]))
+            elif kind == "execute_reply":
+                status = msg["content"]["status"]
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+        return "".join(out), status or "timeout"
+    finally:
+        ws.close()
+
+
 class Lab:
     """JupyterLab (this environment's, as `make lab` runs it) on a folder, with a token."""
 
@@ -132,38 +168,7 @@ class Lab:
             return r.status, (json.loads(body) if body[:1] in (b"{", b"[") else body)
 
     def execute(self, kernel_id: str, code: str, timeout: float = 600.0) -> tuple[str, str]:
-        """Run ``code`` in a kernel over its websocket (a session of its own, no history);
-        return (stdout + tracebacks, reply status)."""
-        import websocket
-        ws = websocket.create_connection(
-            f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}",
-            timeout=timeout, suppress_origin=True)
-        try:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "check",
-                           "session": uuid.uuid4().hex, "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
-            out, status, idle = [], None, False
-            deadline = time.monotonic() + timeout
-            while not (status and idle) and time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["header"]["msg_type"]
-                if kind == "stream":
-                    out.append(msg["content"]["text"])
-                elif kind == "error":
-                    out.append("\n".join(msg["content"]["traceback"]))
-                elif kind == "execute_reply":
-                    status = msg["content"]["status"]
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    idle = True
-            return "".join(out), status or "timeout"
-        finally:
-            ws.close()
+        return execute(self.port, self.token, kernel_id, code, timeout)
 
     def shutdown(self) -> bool:
         """Shut the kernels and the server down; True when the server process has ended."""

@@ -88,35 +88,9 @@ def test_lab_serves_the_chapters_with_the_widget_manager(lab):
 
 def _execute(port, kernel_id, code, timeout=120.0):
     """Run ``code`` in the kernel over its websocket; return (stdout, reply status)."""
-    import websocket
-    ws = websocket.create_connection(
-        f"ws://127.0.0.1:{port}/api/kernels/{kernel_id}/channels?token={TOKEN}", timeout=timeout)
-    try:
-        msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                       "session": uuid.uuid4().hex, "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
-        out, status, idle = [], None, False
-        deadline = time.time() + timeout
-        while not (status and idle) and time.time() < deadline:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind = msg["header"]["msg_type"]
-            if kind == "stream":
-                out.append(msg["content"]["text"])
-            elif kind == "error":
-                out.append("\n".join(msg["content"]["traceback"]))
-            elif kind == "execute_reply":
-                status = msg["content"]["status"]
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                idle = True
-        return "".join(out), status
-    finally:
-        ws.close()
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from panel_check import execute
+    return execute(port, TOKEN, kernel_id, code, timeout)
 
 
 def test_lab_kernel_is_this_environment_with_the_preset(lab):

@@ -37,6 +37,6 @@ def test_every_panel_works_in_jupyterlab_in_a_browser():
     assert not problems, "\n".join(problems) + "\n\n" + report
     names = {r["chapter"] for r in results}
     assert names == {p.stem for p in chapters}, names
-    for r, path in zip(results, chapters):
+    for r in results:
         # every control was moved and redrew the figure
         assert {x["control"] for x in r["redraws"]} == set(r["controls"]) and r["controls"], r
