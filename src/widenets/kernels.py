@@ -481,9 +481,10 @@ def ntk_gp(ntk, nngp, y, *, eta, steps, ntk_test, nngp_test, nngp_test_test) -> 
                  f"NTK-GP inference on {P_test} test points")
     lam, V = np.linalg.eigh((theta + theta.T) / 2)
     lam = np.clip(lam, 0.0, None)
-    if lam[-1] > 0 and eta > 2 * P / lam[-1] * (1 + 1e-6):
+    stable = _checks.stable_eta(theta, P)
+    if eta > stable * (1 + 1e-6):
         raise ValueError(f"eta={eta:g} is above the stable learning rate 2P/lambda_max(ntk) = "
-                         f"{2 * P / lam[-1]:.4g}: the ensemble diverges (no finite posterior)")
+                         f"{stable:.4g}: the ensemble diverges (no finite posterior)")
     keep = lam > 1e-12 * max(lam[-1], 1e-300)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         gain = np.where(keep, (1 - (1 - eta * lam / P) ** steps) / np.where(keep, lam, 1.0),
