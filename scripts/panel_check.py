@@ -307,11 +307,12 @@ def _matches(readout: str, value) -> bool:
     return abs(shown - value) <= 0.006 + 0.006 * abs(value)
 
 
-def move_control(page: Page, i: int, move: int) -> str:
-    """Drag slider i (or click toggle i) to another value; return what was done."""
+def move_control(page: Page, i: int, move: int, button: int | None = None) -> str:
+    """Drag slider i (or click toggle i: its button ``button``, default another one) to another
+    value; return what was done."""
     g = page.eval(f"window.__geometry({i})")
     if g["kind"] == "toggle":
-        k = (g["active"] + 1 + move) % g["n"]
+        k = (g["active"] + 1 + move) % g["n"] if button is None else button
         if k == g["active"]:
             k = (k + 1) % g["n"]
         b = g["targets"][k]
@@ -361,41 +362,48 @@ def check_chapter(page: Page, lab: Lab, name: str, moves: int, shots: pathlib.Pa
     kernel = state["kernelId"]
     controls = state["controls"]
     rec["controls"] = [c["label"] for c in controls]
-    for move in range(moves):
-        for i, c in enumerate(controls):
-            # a reader looks at the figure before moving on: the panel prepares the settings
-            # one move away meanwhile (wn.widgets.Panel); wait for that, and record it
-            rec["prepare_s"] = rec.get("prepare_s", 0.0) + page.wait(
-                "!/preparing/.test(s.status) && s.kernel === 'idle'", 900,
-                f"{name}: the panel's preparation of nearby settings")
-            before = page.eval("window.__state()")
-            t = time.perf_counter()
-            how = move_control(page, i, move)
-            page.wait(f"s.img && s.img !== {json.dumps(before['img'])} && /\\(\\d+\\.\\d s\\)/.test(s.status)"
-                      f" && s.status !== {json.dumps(before['status'])} && s.kernel === 'idle'",
-                      600, f"{name}: redraw after moving {c['label']!r} ({how})")
-            seconds = time.perf_counter() - t
-            after = page.eval("window.__state()")
-            out, status = lab.execute(kernel, KERNEL_PROBE)
-            if status != "ok" or "PANEL_PROBE " not in out:
-                raise AssertionError(f"{name}: the static draw failed in the kernel:\n{out[-3000:]}")
-            probe = json.loads(out.split("PANEL_PROBE ", 1)[1].split("\n", 1)[0])
-            row = {"control": c["label"], "how": how, "seconds": seconds,
-                   "kernel_seconds": probe["seconds"],
-                   "value": probe["values"].get(c["label"]), "status": after["status"]}
-            rec["redraws"].append(row)
-            # the browser shows the kernel's values, and the panel what the static draw gives
-            for ctl in after["controls"]:
-                v = probe["values"].get(ctl["label"])
-                if v is None or not _matches(ctl["readout"], v):
-                    rec["problems"].append(f"{ctl['label']!r} shows {ctl['readout']!r} but the "
-                                           f"kernel has {v!r}")
-            if not after["status"].startswith(probe["static"]):
-                rec["problems"].append(f"after moving {c['label']!r}: the panel shows "
-                                       f"{after['status']!r}; the static draw for those values "
-                                       f"gives {probe['static']!r}")
-            if before["controls"][i]["readout"] == after["controls"][i]["readout"]:
-                rec["problems"].append(f"{c['label']!r} did not move ({how})")
+    first = {i: page.eval(f"window.__geometry({i})") for i in range(len(controls))}
+    # every control moved ``moves`` times, in order; then each toggle clicked back to its first
+    # button, so that its first option is also drawn with the sliders moved (Chapter 4's relu
+    # button at depth 3 once failed, and only there)
+    plan = [(i, c, (lambda i=i, m=m: move_control(page, i, m)))
+            for m in range(moves) for i, c in enumerate(controls)]
+    plan += [(i, c, (lambda i=i: move_control(page, i, 0, button=first[i]["active"])))
+             for i, c in enumerate(controls) if first[i]["kind"] == "toggle"]
+    for i, c, act in plan:
+        # a reader looks at the figure before moving on: the panel prepares the settings
+        # one move away meanwhile (wn.widgets.Panel); wait for that, and record it
+        rec["prepare_s"] = rec.get("prepare_s", 0.0) + page.wait(
+            "!/preparing/.test(s.status) && s.kernel === 'idle'", 900,
+            f"{name}: the panel's preparation of nearby settings")
+        before = page.eval("window.__state()")
+        t = time.perf_counter()
+        how = act()
+        page.wait(f"s.img && s.img !== {json.dumps(before['img'])} && /\\(\\d+\\.\\d s\\)/.test(s.status)"
+                  f" && s.status !== {json.dumps(before['status'])} && s.kernel === 'idle'",
+                  600, f"{name}: redraw after moving {c['label']!r} ({how})")
+        seconds = time.perf_counter() - t
+        after = page.eval("window.__state()")
+        out, status = lab.execute(kernel, KERNEL_PROBE)
+        if status != "ok" or "PANEL_PROBE " not in out:
+            raise AssertionError(f"{name}: the static draw failed in the kernel:\n{out[-3000:]}")
+        probe = json.loads(out.split("PANEL_PROBE ", 1)[1].split("\n", 1)[0])
+        row = {"control": c["label"], "how": how, "seconds": seconds,
+               "kernel_seconds": probe["seconds"],
+               "value": probe["values"].get(c["label"]), "status": after["status"]}
+        rec["redraws"].append(row)
+        # the browser shows the kernel's values, and the panel what the static draw gives
+        for ctl in after["controls"]:
+            v = probe["values"].get(ctl["label"])
+            if v is None or not _matches(ctl["readout"], v):
+                rec["problems"].append(f"{ctl['label']!r} shows {ctl['readout']!r} but the "
+                                       f"kernel has {v!r}")
+        if not after["status"].startswith(probe["static"]):
+            rec["problems"].append(f"after moving {c['label']!r}: the panel shows "
+                                   f"{after['status']!r}; the static draw for those values "
+                                   f"gives {probe['static']!r}")
+        if before["controls"][i]["readout"] == after["controls"][i]["readout"]:
+            rec["problems"].append(f"{c['label']!r} did not move ({how})")
     if shots is not None:
         page.eval("window.__panel().scrollIntoView({block: 'start'})")
         shot = page.dt.send("Page.captureScreenshot", {"format": "png"})

@@ -88,8 +88,8 @@ def test_draw_nonlinear_without_networks_and_deep_tanh():
     (lambda: widgets.feature_learning_panel(TASK, widths=(16, 32), steps=3),
      {"γ0", "width N", "param."}, 2),
     (lambda: widgets.deep_linear_panel(KX, TASK.y, steps=3), {"γ0", "depth L", "η"}, 2),
-    (lambda: widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.1, steps=3, samples=16, width=16,
-                                     n_seeds=1), {"γ0", "activation", "depth L"}, 3),
+    (lambda: widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.1, steps=3, samples=128, width=16,
+                                     n_seeds=1, repeats=2), {"γ0", "activation", "depth L"}, 3),
     (lambda: widgets.cnn_panel(*CNN_TASK, widths=(4, 8), eta=0.05, steps=3, n_seeds=2),
      {"γ0", "width N", "η"}, 2),
 ], ids=["feature_learning", "deep_linear", "nonlinear", "cnn"])
@@ -372,3 +372,17 @@ def test_draw_nonlinear_draws_every_activation_of_its_panel(activation):
                                  depth=1, eta=0.5, steps=3, samples=32, width=16, n_seeds=1)
     assert np.isfinite(out["dmft"]) and np.isfinite(out["static"]) and out["static"] < 0.5
     plt.close(fig)
+
+
+def test_nonlinear_panel_draws_deep_relu_at_its_sizes():
+    """The relu button at depth 3: each repeat needs 64 neurons for its estimate of phi''. A
+    panel at samples = 500 with 8 repeats (62 each) once failed only there, after its first draw."""
+    plt.close("all")
+    with pytest.raises(ValueError, match=r"samples must be at least 64 \* repeats = 512"):
+        widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.1, steps=3, samples=500, width=16)
+    panel = widgets.nonlinear_panel(TASK.X, TASK.y, eta=0.1, steps=3, samples=128, width=16,
+                                    n_seeds=1, repeats=2)
+    panel.controls["depth"].value = 3
+    assert panel.values()["activation"] == "relu" and panel.error is None
+    assert np.isfinite(panel.result["dmft"])
+    plt.close("all")

@@ -411,7 +411,7 @@ def deep_linear_panel(Kx, y, *, steps=100):
 
 
 def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075, steps=50,
-                   samples=1000, width=1000, n_seeds=4, key=None):
+                   samples=1000, width=1000, n_seeds=4, key=None, repeats=8):
     """Monte-Carlo DMFT of a nonlinear network against finite networks, on three axes.
 
     Left: the loss of the DMFT (band: +-3 Monte-Carlo standard errors), of the static NTK (the
@@ -420,6 +420,8 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
     right: the density of the last layer's pre-activations h^L(T) on the first example, the DMFT's
     ``samples`` single-site neurons against the networks' neurons (all seeds), with the Gaussian
     of the DMFT's variance. ``width=None`` leaves the networks out (networks need gamma0 > 0).
+    ``repeats``: the DMFT's independent sub-solves behind its band (:func:`widenets.dmft.nonlinear`;
+    at depth >= 2 most of a solve's time: fewer make a redraw faster and the band noisier).
     Returns a dict: final losses (``"dmft"``, ``"static"``, ``"networks"``), the target
     alignment of Phi^L(T) (``"alignment"``) and the excess kurtosis of h^L(T) averaged over the
     examples (``"kurtosis"``, ``"kurtosis_networks"``); network entries are None without them.
@@ -437,7 +439,7 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
         n_seeds = _checks.positive_int(n_seeds, "n_seeds")
     Kx = data.input_kernel(X)
     kw = dict(depth=depth, activation=activation, eta=eta, steps=steps, samples=samples,
-              key=k_dmft)
+              key=k_dmft, repeats=repeats)
     sol = dmft.nonlinear(Kx, y, gamma0=gamma0, **kw)
     lazy = _static_ntk_cached(Kx, y, **kw)
     tr = None
@@ -498,20 +500,22 @@ def draw_nonlinear(axes, X, y, *, gamma0, activation="relu", depth=1, eta=0.075,
 _LAZY: dict = {}
 
 
-def _static_ntk_cached(Kx, y, *, depth, activation, eta, steps, samples, key):
+def _static_ntk_cached(Kx, y, *, depth, activation, eta, steps, samples, key, repeats):
     from . import dmft
-    ck = (dmft._digest(Kx, y, key), depth, activation, float(eta), steps, samples)
+    ck = (dmft._digest(Kx, y, key), depth, activation, float(eta), steps, samples, repeats)
     if ck not in _LAZY:
         # the Monte-Carlo solver at gamma0 = 0 (what static_ntk runs for a nonlinear
         # activation), for "linear" too, which static_ntk solves exactly and without samples
         _LAZY[ck] = dmft.nonlinear(Kx, y, depth=depth, activation=activation, gamma0=0.0,
-                                   eta=eta, steps=steps, samples=samples, key=key)
+                                   eta=eta, steps=steps, samples=samples, key=key,
+                                   repeats=repeats)
         while len(_LAZY) > 4:
             _LAZY.pop(next(iter(_LAZY)))
     return _LAZY[ck]
 
 
-def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_seeds=4):
+def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_seeds=4,
+                    repeats=8):
     """ipywidgets panel (gamma0, activation, depth) around :func:`draw_nonlinear`."""
     import ipywidgets as w
 
@@ -524,6 +528,13 @@ def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_se
     if width is not None:
         width = _checks.positive_int(width, "width")
     n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    repeats = _checks.positive_int(repeats, "repeats", minimum=2)
+    from . import dmft
+    if samples // repeats < dmft.MIN_SAMPLES_PER_REPEAT:   # the relu button at depth 2 and 3
+        raise ValueError(f"samples must be at least {dmft.MIN_SAMPLES_PER_REPEAT} * repeats = "
+                         f"{dmft.MIN_SAMPLES_PER_REPEAT * repeats} for the panel's deep ReLU "
+                         f"settings (or pass fewer repeats); got samples={samples}, "
+                         f"repeats={repeats}")
     if width is not None:    # the depth slider reaches 3: the deepest networks must fit
         _checks.fits(*nets._train_bytes(nets.make_mlp(X.shape[1], depth=3, width=width),
                                         X.shape[0], steps=steps, record_every=steps,
@@ -531,7 +542,7 @@ def nonlinear_panel(X, y, *, eta=0.075, steps=50, samples=1000, width=1000, n_se
 
     return Panel(
         lambda axes, **v: draw_nonlinear(axes, X, y, eta=eta, steps=steps, samples=samples,
-                                         width=width, n_seeds=n_seeds, **v),
+                                         width=width, n_seeds=n_seeds, repeats=repeats, **v),
         ncols=3, figsize=(14, 3.8), prepare=("activation", "depth"),
         summary=lambda r: (f"final loss: DMFT {r['dmft']:.4g}, static NTK {r['static']:.4g}"
                            + ("" if r["networks"] is None else f", networks {r['networks']:.4g}")
