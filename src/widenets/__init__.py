@@ -1,10 +1,15 @@
 """widenets: infinite-width neural networks you can run.
 
 Modules: :mod:`~widenets.presets` (problem sizes), :mod:`~widenets.data` (tasks),
-:mod:`~widenets.nets` (finite networks), :mod:`~widenets.kernels` (NTK / NNGP, metrics,
-predictors), :mod:`~widenets.plotting` (figure style).
+:mod:`~widenets.nets` (finite networks), :mod:`~widenets.linearized` (networks and their
+linearisations trained side by side), :mod:`~widenets.kernels` (NTK / NNGP, metrics,
+predictors), :mod:`~widenets.dmft` (infinite-width dynamics), :mod:`~widenets.fluctuations`
+(finite-width variance), :mod:`~widenets.widgets` (live panels), :mod:`~widenets.plotting`
+(figure style).
 """
-from . import data, dmft, fluctuations, kernels, nets, plotting, presets, widgets  # noqa: F401
+from . import (data, dmft, fluctuations, kernels, linearized, nets, plotting,  # noqa: F401
+               presets, widgets)
 
 __version__ = "0.1.0"
-__all__ = ["data", "dmft", "kernels", "nets", "plotting", "presets", "widgets"]
+__all__ = ["data", "dmft", "fluctuations", "kernels", "linearized", "nets", "plotting",
+           "presets", "widgets"]
