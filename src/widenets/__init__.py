@@ -4,12 +4,13 @@ Modules: :mod:`~widenets.presets` (problem sizes), :mod:`~widenets.data` (tasks)
 :mod:`~widenets.nets` (finite networks), :mod:`~widenets.linearized` (networks and their
 linearisations trained side by side), :mod:`~widenets.kernels` (NTK / NNGP, metrics,
 predictors), :mod:`~widenets.dmft` (infinite-width dynamics), :mod:`~widenets.fluctuations`
-(finite-width variance), :mod:`~widenets.widgets` (live panels), :mod:`~widenets.plotting`
+(finite-width variance), :mod:`~widenets.active` (active learning with kernel models),
+:mod:`~widenets.widgets` (live panels), :mod:`~widenets.plotting`
 (figure style).
 """
-from . import (data, dmft, fluctuations, kernels, linearized, nets, plotting,  # noqa: F401
-               presets, widgets)
+from . import (active, data, dmft, fluctuations, kernels, linearized, nets,  # noqa: F401
+               plotting, presets, widgets)
 
 __version__ = "0.1.0"
-__all__ = ["data", "dmft", "fluctuations", "kernels", "linearized", "nets", "plotting",
+__all__ = ["active", "data", "dmft", "fluctuations", "kernels", "linearized", "nets", "plotting",
            "presets", "widgets"]
