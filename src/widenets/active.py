@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _checks, _progress
@@ -272,3 +273,112 @@ def curves(K, labels, *, pool, test, n_initial: int, budget: int, runs: int, key
                        np.stack([r[0] for r in res]), np.stack([r[1] for r in res]),
                        np.stack([r[2] for r in res]))
     return out
+
+
+# ----------------------------------------------------------------------------- finite networks
+class NetworkLookahead(NamedTuple):
+    """The look-ahead of a finite network against retraining it, per candidate (m,):
+    ``predicted`` and ``actual`` changes ``||f'(over) - f(over)||^2``; ``f_over`` (|over|, O)
+    the network's outputs before; ``params`` its weights after training on the labelled set."""
+    predicted: np.ndarray
+    actual: np.ndarray
+    f_over: np.ndarray
+    params: list
+
+
+_FINETUNE: dict = {}
+
+
+def _gd_program(prog, steps: int):
+    """Jitted GD from given weights on a dataset, vmapped over datasets of equal size:
+    ``(params, params0, X (m, P, D), Y (m, P, O), X_eval, lr, scalings) -> outputs on X_eval
+    (m, P_eval, O)``, with outputs centred at ``params0`` (f - f(theta_0))."""
+    from . import nets
+    if (prog, steps) not in _FINETUNE:
+        fan_in = nets._scalings(prog).fan_in
+
+        def one(params, params0, X, Y, X_eval, lr, sca):
+            sc = nets._scalings_from(fan_in, sca)
+            out = lambda p, x: nets._apply(prog, p, x, sc) - nets._apply(prog, params0, x, sc)
+            loss = lambda p: 0.5 * jnp.sum((out(p, X) - Y) ** 2) / X.shape[0]
+
+            def step(p, _):
+                g = jax.grad(loss)(p)
+                return [w - lr * dw for w, dw in zip(p, g)], None
+
+            p, _ = jax.lax.scan(step, params, None, length=steps)
+            return out(p, X_eval), p
+
+        _FINETUNE[prog, steps] = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, None, None,
+                                                                  None)))
+    return _FINETUNE[prog, steps]
+
+
+def network_lookahead(X, labels, *, labelled, candidates, over, depth, width, eta, steps,
+                      steps_after, key, activation="relu", parameterization="ntk", gamma0=1.0,
+                      n_classes=None) -> NetworkLookahead:
+    """Look-ahead by the linearised network against real retraining, for a finite network.
+
+    A network with one output per class (``nets.make_mlp``, centred: ``f - f(theta_0)``) is
+    trained by ``steps`` steps of full-batch gradient descent on the one-hot targets of the
+    points ``labelled``, to weights theta_L. For each candidate c, with its true label:
+
+    * actual: ``steps_after`` more steps of gradient descent from theta_L on ``labelled + [c]``
+      (all candidates at once, one vmapped program), the change of the outputs on ``over``;
+    * predicted: the network linearised at theta_L trained the same way, i.e. kernel gradient
+      descent with its full empirical NTK at theta_L (``kernels.full_ntk``, every logit pair:
+      :func:`widenets.kernels.gd_predictor` on the flattened kernel, in which the learning rate
+      is ``eta * O``), from the network's own outputs.
+
+    Returns :class:`NetworkLookahead`. In the NTK parameterisation the two agree better the
+    wider the network; in muP at fixed gamma0 the features keep moving.
+    """
+    from . import kernels, nets
+    X = np.asarray(_checks.inputs(X, "X"))
+    n = X.shape[0]
+    labels, O = _labels(labels, n, n_classes)
+    L = _indices(labelled, n, "labelled")
+    C = _indices(candidates, n, "candidates")
+    over = _indices(over, n, "over")
+    if np.intersect1d(L, C).size:
+        raise ValueError("candidates must not be labelled already")
+    eta = _checks.nonnegative(eta, "eta")
+    steps = _checks.positive_int(steps, "steps")
+    steps_after = _checks.positive_int(steps_after, "steps_after")
+    key = _checks.prng_key(key, "key")
+    net = nets.make_mlp(X.shape[1], depth=depth, width=width, activation=activation,
+                        parameterization=parameterization, gamma0=gamma0, n_out=O)
+    m, P1 = len(C), len(L) + 1
+    _checks.fits(4 * (m + 2) * (4 * nets.n_params(net) + 8 * width * depth * (P1 + len(over)))
+                 + 4 * (P1 + m + len(over)) ** 2 * O * O * 2, "candidates or width",
+                 f"retraining a width-{width} network once per candidate ({m})")
+    Y = one_hot(labels, O)
+    prog = nets._program_net(net)
+    sc = nets._scalings(net)
+    sca = nets._scalings_args(sc, jnp.zeros(()).dtype)
+    lr = jnp.asarray(eta * sc.ntk_scale)
+    theta0 = nets.init_params(net, key)
+    Xj = jnp.asarray(X)
+    f_L, theta_L = _gd_program(prog, steps)(theta0, theta0, Xj[L][None], jnp.asarray(Y[L])[None],
+                                            Xj, lr, sca)
+    theta_L = [w[0] for w in theta_L]
+    f_all = np.asarray(f_L[0], np.float64)                          # (n, O) after training on L
+    idx = np.concatenate([np.tile(L, (m, 1)), C[:, None]], axis=1)  # (m, P1)
+    f_new, _ = _gd_program(prog, steps_after)(theta_L, theta0, Xj[idx], jnp.asarray(Y[idx]),
+                                              Xj[over], lr, sca)
+    actual = np.sum((np.asarray(f_new, np.float64) - f_all[over]) ** 2, axis=(1, 2))
+    # the linearisation at theta_L: its NTK on every point involved, once
+    pts = np.unique(np.concatenate([L, C, over]))
+    pos = {int(v): i for i, v in enumerate(pts)}
+    ntk = np.asarray(kernels.full_ntk(net, theta_L, X[pts]), np.float64)   # (p, p, O, O)
+    flat = lambda a, b: ntk[np.ix_(a, b)].transpose(0, 2, 1, 3).reshape(len(a) * O, len(b) * O)
+    rows_over = np.array([pos[int(v)] for v in over])
+    predicted = np.empty(m)
+    for j in range(m):
+        r = np.array([pos[int(v)] for v in idx[j]])
+        pred = kernels.gd_predictor(flat(r, r), Y[idx[j]].ravel(), eta=eta * O,
+                                    steps=steps_after, K_test=flat(rows_over, r),
+                                    f0=f_all[idx[j]].ravel(), f0_test=f_all[over].ravel())
+        predicted[j] = np.sum((np.asarray(pred.f_test[-1], np.float64)
+                               - f_all[over].ravel()) ** 2)
+    return NetworkLookahead(predicted, actual, f_all[over], theta_L)
