@@ -1018,10 +1018,67 @@ def plotting_widgets_cases(c: list):
     f("eta diverging", "warn:eta", eta=DIVERGE)
 
 
+def chapter7_cases(c: list):
+    """linearized and active (issue 23)."""
+    # ---- train_linearized
+    f = Fn(c, "linearized.train_linearized", R("X"), R("y"), depth=1, width=16, eta=0.5,
+           steps=5, key=0)
+    f("base", "valid")
+    f("ntk, X_test, 2 seeds", "valid", parameterization="ntk", X_test=R("X_test"), n_seeds=2)
+    f("y (P, 3)", "valid", pos=(R("X"), R(lambda F: F.np.ones((4, 3)))))
+    f("y wrong P", "refuse:y", pos=(R("X"), R("y3")))
+    f("y NaN", "refuse:y", pos=(R("X"), R("y_nan")))
+    f("X NaN", "refuse:X", pos=(R("X_nan"), R("y")))
+    f("X_test wrong D", "refuse:X_test", X_test=R("X_D5"))
+    f("eta=-1", "refuse:eta", eta=-1.0)
+    f("steps=0", "refuse:steps", steps=0)
+    f("record_every=2", "refuse:record_every", record_every=2)
+    f("width=10**8", "refuse:width", width=10 ** 8)
+    f("n_seeds=10**9", "refuse:n_seeds", n_seeds=10 ** 9)
+    f("eta diverging", "warn:eta", eta=DIVERGE, steps=40)
+    f = Fn(c, "linearized.train_linearized_cnn", R("img"), R("y4"), depth=1, width=4,
+           eta=0.5, steps=3, key=0)
+    f("base", "valid")
+    f("X 2-d", "refuse:X", pos=(R("X"), R("y4")))
+    f("X_test wrong image shape", "refuse:X_test", X_test=R("img7"))
+    f("width=0", "refuse:width", width=0)
+    # ---- active
+    kern = R(lambda F: F.np.exp(-0.5 * ((F.np.arange(30)[:, None] - F.np.arange(30)) / 4.0) ** 2)
+             + 1e-6 * F.np.eye(30))
+    labels = R(lambda F: F.np.arange(30) % 3)
+    f = Fn(c, "active.run", kern, labels, pool=list(range(20)), test=list(range(20, 30)),
+           initial=[0, 1], budget=4, strategy="lookahead", key=0, ridge=1e-3)
+    f("base", "valid")
+    f("uncertainty", "valid", strategy="uncertainty")
+    f("random", "valid", strategy="random")
+    f("strategy=x", "refuse:strategy", strategy="x")
+    f("budget=0", "refuse:budget", budget=0)
+    f("budget > pool", "refuse:budget", budget=100)
+    f("ridge=NaN", "refuse:ridge", ridge=NAN)
+    f("pool overlaps test", "refuse:pool", pool=list(range(25)))
+    f("initial outside pool", "refuse:initial", initial=[25])
+    f("labels wrong length", "refuse:labels", pos=(kern, R(lambda F: F.np.zeros(5))))
+    f("labels negative", "refuse:labels", pos=(kern, R(lambda F: -F.np.ones(30))))
+    f("K not PSD", "refuse:K", pos=(R(lambda F: -F.np.eye(30)), labels))
+    f = Fn(c, "active.curves", kern, labels, pool=list(range(20)), test=list(range(20, 30)),
+           n_initial=2, budget=3, runs=2, key=0, ridge=1e-3)
+    f("base", "valid")
+    f("runs=0", "refuse:runs", runs=0)
+    f("n_initial=50", "refuse:n_initial", n_initial=50)
+    f = Fn(c, "active.network_lookahead", R("X"), R(lambda F: F.np.array([0, 1, 0, 1])),
+           labelled=[0, 1], candidates=[2], over=[3], depth=1, width=16, eta=0.5, steps=5,
+           steps_after=5, key=0)
+    f("base", "valid")
+    f("candidates labelled", "refuse:candidates", candidates=[1])
+    f("over out of range", "refuse:over", over=[9])
+    f("width=10**8", "refuse:width", width=10 ** 8)
+    f("steps_after=0", "refuse:steps_after", steps_after=0)
+
+
 def build_cases() -> list:
     cases: list = []
     for add in (fluctuations_cases, dmft_cases, nets_cases, kernels_cases, data_cases,
-                plotting_widgets_cases):
+                plotting_widgets_cases, chapter7_cases):
         add(cases)
     names = [cs.name for cs in cases]
     dup = [n for n, k in collections.Counter(names).items() if k > 1]
