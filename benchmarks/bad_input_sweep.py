@@ -945,11 +945,13 @@ def plotting_widgets_cases(c: list):
     f("depth=0", "refuse:depth", depth=0)
     f("activation=x", "refuse:activation", activation="x")
     f("eta diverging", "warn:eta", eta=DIVERGE)
-    f = Fn(c, "widgets.nonlinear_panel", R("X"), R("y"), eta=0.1, steps=3, samples=16,
-           width=16, n_seeds=1)
+    # 2 repeats of 64 samples: the fewest its deep-ReLU settings (relu button, depth 2-3) accept
+    f = Fn(c, "widgets.nonlinear_panel", R("X"), R("y"), eta=0.1, steps=3, samples=128,
+           repeats=2, width=16, n_seeds=1)
     f("base", "valid")
     f("samples=1", "refuse:samples", samples=1)
     f("samples=10**9", "refuse:samples", samples=10 ** 9)
+    f("samples=16 (too few for its deep ReLU settings)", "refuse:samples", samples=16)
     f("eta=-1", "refuse:eta", eta=-1.0)
     f("steps=0", "refuse:steps", steps=0)
     f("steps=10**7", "refuse:steps", steps=10 ** 7)
@@ -1036,10 +1038,11 @@ def chapter7_cases(c: list):
     f("width=10**8", "refuse:width", width=10 ** 8)
     f("n_seeds=10**9", "refuse:n_seeds", n_seeds=10 ** 9)
     f("eta diverging", "warn:eta", eta=DIVERGE, steps=40)
-    f = Fn(c, "linearized.train_linearized_cnn", R("img"), R("y4"), depth=1, width=4,
+    f = Fn(c, "linearized.train_linearized_cnn", R("img"), R("img_y"), depth=1, width=4,
            eta=0.5, steps=3, key=0)
     f("base", "valid")
     f("X 2-d", "refuse:X", pos=(R("X"), R("y4")))
+    f("y wrong P", "refuse:y", pos=(R("img"), R("y4")))
     f("X_test wrong image shape", "refuse:X_test", X_test=R("img7"))
     f("width=0", "refuse:width", width=0)
     # ---- active
