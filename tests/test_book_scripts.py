@@ -66,9 +66,14 @@ def test_chapters_are_executed_once_then_reused_until_something_they_depend_on_c
     plan, _ = run()
     assert [c.reused for c in plan] == [True, False]
 
-    (book / "src" / "widenets" / "core.py").write_text("X = 2\n")       # the package changed
-    assert [c.reused for c in run()[0]] == [False, False]
-    (book / "requirements.txt").write_text("jax==0.5.4\n")             # the pinned stack
+    # the package or the pinned stack changed: every chapter's key changes (reuse is key
+    # equality, checked above), and the next run executes them all
+    key = lambda: chapters.chapter_key(book / "notebooks" / "a.ipynb", "ci")
+    before = key()
+    (book / "src" / "widenets" / "core.py").write_text("X = 2\n")
+    after_package = key()
+    (book / "requirements.txt").write_text("jax==0.5.4\n")
+    assert len({before, after_package, key()}) == 3
     assert [c.reused for c in run()[0]] == [False, False]
     assert [c.reused for c in run("cpu")[0]] == [False, False]         # another preset
     assert [c.reused for c in run("ci")[0]] == [True, True]            # ci's copies are kept
