@@ -109,6 +109,21 @@ def test_perturbation_theory_error_is_fourth_order_in_gamma0():
         assert 12 < ratio < 20, ratio      # 2^4 = 16
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+def test_static_ntk_closed_form_is_what_the_solver_finds_at_gamma0_0(depth):
+    """static_ntk (linear) writes the lazy kernels down (Phi = Kx, G = 1); deep_linear at
+    gamma0 = 0 solves for them: every returned array agrees to round-off (float64)."""
+    with enable_x64():
+        _, Kx, y = problem()
+        a = dmft.static_ntk(Kx, y, depth=depth, eta=0.2, steps=12)
+        b = dmft.deep_linear(Kx, y, depth=depth, gamma0=0.0, eta=0.2, steps=12)
+        for name in ("delta", "loss", "ntk", "phi", "g"):
+            x, z = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+            assert x.shape == z.shape, name
+            np.testing.assert_allclose(x, z, atol=1e-12 * np.max(np.abs(z)), err_msg=name)
+        assert a.converged and a.method == "closed form"
+
+
 def test_static_ntk_of_a_linear_net_is_kernel_gradient_descent():
     """The lazy linear network: K = (L+1) Kx, Delta(t) = (1 - eta K / P)^t y, in closed form."""
     with enable_x64():

@@ -463,7 +463,33 @@ def static_ntk(Kx, y, *, depth, eta, steps, activation="linear", samples=None, k
                          **_mc_kwargs(repeats, probes, progress))
     _mc_only(activation, samples=samples, key=key, repeats=repeats, probes=probes,
              progress=progress)
-    return deep_linear(Kx, y, depth=depth, gamma0=0.0, eta=eta, steps=steps)
+    Kx, y, depth, _, eta, steps = _validate(Kx, y, depth, 0.0, eta, steps)
+    _need(Kx, steps, depth, "this static-NTK solve", 4)
+    delta, loss, ntk, Phi, G = _static_linear(Kx, y, jnp.asarray(eta, Kx.dtype), depth=depth,
+                                              steps=steps)
+    finite = bool(_all_finite((delta, loss, ntk)))
+    diverged = _diagnose(loss, ntk, eta, "static-NTK solve", K0=(depth + 1) * np.asarray(Kx))
+    if diverged is not None:
+        warnings.warn(diverged, RuntimeWarning, stacklevel=2)
+    return DMFTSolution(delta=delta, loss=loss, ntk=ntk, phi=Phi, g=G, residuals=np.zeros(0),
+                        converged=finite and diverged is None, method="closed form",
+                        params=dict(depth=depth, gamma0=0.0, eta=eta, steps=steps))
+
+
+@_jit(static_argnames=("depth", "steps"))
+def _static_linear(Kx, y, eta, *, depth, steps):
+    """The lazy linear network in closed form: every Phi^l(t, s) = Kx, G^l(t, s) = 1, so
+    K(t) = (L + 1) Kx and ``Delta(t+1) = (I - eta K / P) Delta(t)`` (Euler, exact here: the
+    lazy network is linear in its weights). No self-consistency to solve: the kernels never
+    move, which is what :func:`deep_linear` at gamma0 = 0 finds by solving (to round-off)."""
+    T1, P = steps + 1, Kx.shape[0]
+    K = (depth + 1) * Kx
+    step = lambda d, _: (d - (eta / P) * K @ d, d)
+    _, delta = jax.lax.scan(step, y, None, length=T1)
+    ntk = jnp.broadcast_to(K, (T1, P, P))
+    Phi = jnp.broadcast_to(Kx[None, None, :, None, :], (depth, T1, P, T1, P))
+    G = jnp.ones((depth, T1, T1), Kx.dtype)
+    return delta, 0.5 * jnp.mean(delta ** 2, axis=1), ntk, Phi, G
 
 
 def gradient_independence(Kx, y, *, depth, gamma0, eta, steps, activation="linear",
