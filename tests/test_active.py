@@ -192,3 +192,10 @@ def test_network_lookahead_bad_input_names_the_argument(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         active.network_lookahead(X, LABELS, **args)
+
+
+def test_network_lookahead_refuses_a_diverging_network():
+    with pytest.raises(ValueError, match="eta"):
+        active.network_lookahead(X, LABELS, labelled=np.arange(5), candidates=[30, 31],
+                                 over=np.arange(40, 50), depth=1, width=16, eta=1e4, steps=20,
+                                 steps_after=5, key=0)

@@ -299,15 +299,16 @@ def _gd_program(prog, steps: int):
 
         def one(params, params0, X, Y, X_eval, lr, sca):
             sc = nets._scalings_from(fan_in, sca)
-            out = lambda p, x: nets._apply(prog, p, x, sc) - nets._apply(prog, params0, x, sc)
-            loss = lambda p: 0.5 * jnp.sum((out(p, X) - Y) ** 2) / X.shape[0]
+            # the outputs at theta_0, subtracted (centring), computed once outside the loop
+            c, c_eval = (nets._apply(prog, params0, x, sc) for x in (X, X_eval))
+            loss = lambda p: 0.5 * jnp.sum((nets._apply(prog, p, X, sc) - c - Y) ** 2) / X.shape[0]
 
             def step(p, _):
                 g = jax.grad(loss)(p)
                 return [w - lr * dw for w, dw in zip(p, g)], None
 
             p, _ = jax.lax.scan(step, params, None, length=steps)
-            return out(p, X_eval), p
+            return nets._apply(prog, p, X_eval, sc) - c_eval, p
 
         _FINETUNE[prog, steps] = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, None, None,
                                                                   None)))
@@ -367,6 +368,9 @@ def network_lookahead(X, labels, *, labelled, candidates, over, depth, width, et
     f_new, _ = _gd_program(prog, steps_after)(theta_L, theta0, Xj[idx], jnp.asarray(Y[idx]),
                                               Xj[over], lr, sca)
     actual = np.sum((np.asarray(f_new, np.float64) - f_all[over]) ** 2, axis=(1, 2))
+    if not (np.all(np.isfinite(f_all)) and np.all(np.isfinite(actual))):
+        raise ValueError(f"the network's training diverged (non-finite outputs): eta={eta:g} is "
+                         f"above its stable learning rate; lower eta")
     # the linearisation at theta_L: its NTK on every point involved, once
     pts = np.unique(np.concatenate([L, C, over]))
     pos = {int(v): i for i, v in enumerate(pts)}

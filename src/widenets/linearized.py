@@ -318,22 +318,30 @@ def _train_bytes(net, P: int, P_test: int, *, steps: int, record_every: int, n_s
 
 
 def _warn_if_not_finite(name: str, net, eta: float, loss, loss_lin) -> None:
-    """A RuntimeWarning naming eta when either model's loss is not finite."""
+    """A RuntimeWarning naming eta when either model's loss is not finite, or ends above
+    ``_checks.GROWTH`` times where it started (a finite divergence)."""
     import warnings
     for what, l in (("network", loss), ("linearised network", loss_lin)):
-        ok = np.all(np.isfinite(np.asarray(l)), axis=0)
+        l = np.asarray(l, np.float64)                                   # (S, T+1)
+        ok = np.all(np.isfinite(l), axis=0)
         if np.all(ok):
-            continue
-        t_bad = int(np.argmin(ok))
+            l0, lT = float(np.max(l[:, 0])), float(np.max(l[:, -1]))
+            if not (l0 > 0 and lT > _checks.GROWTH * l0):
+                continue
+            how = f"the loss grew from {l0:.3g} to {lT:.3g} in {l.shape[1] - 1} steps"
+            t_bad = 1
+        else:
+            t_bad = int(np.argmin(ok))
+            how = f"non-finite loss from step {t_bad}"
         cause = (f"eta={eta:g} is probably above the stable learning rate 2P/lambda_max of the "
                  f"initial NTK (the linearised network diverges exactly when it is): lower eta"
                  if t_bad > 0 else
                  f"the loss is not finite already at initialisation, so eta={eta:g} is not the "
                  f"cause: the targets, the inputs or the output's scale (gamma0="
                  f"{net.gamma0:g}) overflow")
-        warnings.warn(f"{name}: the {what}'s training diverged (non-finite loss from step "
-                      f"{t_bad}): {cause} (parameterization={net.parameterization!r}, "
-                      f"width={net.width})", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"{name}: the {what}'s training diverged ({how}): {cause} "
+                      f"(parameterization={net.parameterization!r}, width={net.width})",
+                      RuntimeWarning, stacklevel=4)
 
 
 _TRAINERS: dict = {}
