@@ -92,7 +92,9 @@ def test_draw_nonlinear_without_networks_and_deep_tanh():
                                      n_seeds=1, repeats=2), {"γ0", "activation", "depth L"}, 3),
     (lambda: widgets.cnn_panel(*CNN_TASK, widths=(4, 8), eta=0.05, steps=3, n_seeds=2),
      {"γ0", "width N", "η"}, 2),
-], ids=["feature_learning", "deep_linear", "nonlinear", "cnn"])
+    (lambda: widgets.linearized_panel(TASK.X, TASK.y, TASK.X_test, TASK.y_test, widths=(8, 16),
+                                      steps=10, n_seeds=2), {"γ0", "width N", "param.", "η"}, 2),
+], ids=["feature_learning", "deep_linear", "nonlinear", "cnn", "linearized"])
 def test_every_panel_draws_its_figure_from_its_controls(make, names, n_axes):
     import ipywidgets
     plt.close("all")
@@ -386,3 +388,51 @@ def test_nonlinear_panel_draws_deep_relu_at_its_sizes():
     assert panel.values()["activation"] == "relu" and panel.error is None
     assert np.isfinite(panel.result["dmft"])
     plt.close("all")
+
+
+LIN_KW = dict(width=16, depth=1, activation="relu", parameterization="ntk", gamma0=1.0, eta=0.5,
+              steps=10, n_seeds=3)
+
+
+def test_draw_linearized_reports_the_gaps_of_the_run_it_draws():
+    """The returned numbers are the run's, by their definitions (computed here from its
+    arrays); a given run is drawn as if trained again (same numbers), and one of other settings
+    is refused naming the setting."""
+    Y = np.eye(3)[np.arange(6) % 3]
+    Yt = np.eye(3)[np.arange(4) % 3]
+    run = wn.linearized.train_linearized(TASK.X, Y, key=1, record_every=1, X_test=TASK.X_test,
+                                         center=True, **LIN_KW)
+    out = widgets.draw_linearized(_ax(2), TASK.X, Y, TASK.X_test, Yt, key=1, **LIN_KW)
+    f, fl = np.asarray(run.f_test[:, -1]), np.asarray(run.f_test_lin[:, -1])
+    want_gap = np.mean([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(f, fl)])
+    assert out["out_gap"] == pytest.approx(want_gap, rel=1e-5)
+    assert out["weight_gap"] == pytest.approx(
+        float(np.mean(run.weight_gap[:, -1] / run.weight_change_lin[:, -1])), rel=1e-5)
+    assert out["acc"] == pytest.approx(np.mean(f.argmax(-1) == Yt.argmax(-1)))
+    assert out["loss_lin"] == pytest.approx(float(np.mean(run.loss_lin[:, -1])), rel=1e-6)
+    assert 0 < out["out_gap"] < 1 and 0 < out["weight_gap"] < 1
+    given = widgets.draw_linearized(_ax(2), TASK.X, Y, TASK.X_test, Yt, run=run, **LIN_KW)
+    assert given == pytest.approx(out, rel=1e-6)
+    for name, value in (("width", 32), ("parameterization", "mup"), ("n_seeds", 2), ("steps", 5)):
+        with pytest.raises(ValueError, match=f"run was trained with {name} = "):
+            widgets.draw_linearized(_ax(2), TASK.X, Y, TASK.X_test, Yt, run=run,
+                                    **dict(LIN_KW, **{name: value}))
+    with pytest.raises(ValueError, match=r"\by_test must have shape \(4, 3\)"):
+        widgets.draw_linearized(_ax(2), TASK.X, Y, TASK.X_test, Yt[:, :2], run=run, **LIN_KW)
+    with pytest.raises(ValueError, match="run must be a LinearizedRun"):
+        widgets.draw_linearized(_ax(2), TASK.X, Y, TASK.X_test, Yt, run=run.loss, **LIN_KW)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(widths=(8,)), r"\bwidths must"),
+    (dict(eta=0.0), r"\beta must be"),
+    (dict(y=TASK.y[:3]), r"\by must have shape \(6,\)"),
+    (dict(y_test=TASK.y_test[:2]), r"\by_test must have shape \(4,\)"),
+    (dict(X_test=TASK.X_test[:, :3]), r"\bX_test must have D=8"),
+    (dict(steps=0), r"\bsteps must be"),
+])
+def test_linearized_panel_refuses_bad_input_naming_the_argument(change, match):
+    kw = dict(X=TASK.X, y=TASK.y, X_test=TASK.X_test, y_test=TASK.y_test, widths=(8, 16),
+              steps=10, n_seeds=2)
+    with pytest.raises(ValueError, match=match):
+        widgets.linearized_panel(**dict(kw, **change))

@@ -742,3 +742,131 @@ def cnn_panel(X, y, X_test, y_test, *, widths=(32, 64, 128), eta, gamma0=1.0, st
                                 max=0.5, description="γ0", continuous_update=False),
         eta=w.FloatLogSlider(value=eta, base=10, min=log_eta - 1, max=log_eta + 1,
                              description="η", continuous_update=False))
+
+
+def _record_every(steps: int) -> int:
+    """The largest divisor of ``steps`` that gives at least 10 records (1 for steps < 10)."""
+    return max([d for d in range(1, steps // 10 + 1) if steps % d == 0] or [1])
+
+
+def _correct(f, y) -> np.ndarray:
+    """Per seed, the fraction of points an output (S, P) or (S, P, O) gets right: the sign of
+    a scalar target y (P,), the class of a one-hot or label-coded target y (P, O)."""
+    f, y = np.asarray(f), np.asarray(y)
+    if f.ndim == 2:
+        return (np.sign(f) == np.sign(y)).mean(-1)
+    return (f.argmax(-1) == y.argmax(-1)).mean(-1)
+
+
+def draw_linearized(axes, X, y, X_test, y_test, *, width, parameterization="ntk", gamma0=1.0,
+                    eta=1.0, depth=1, activation="relu", steps=100, n_seeds=4, key=None,
+                    run=None):
+    """MLPs and their linearisations trained side by side (:func:`widenets.linearized.train_linearized`,
+    centred outputs), on two axes.
+
+    Left: the training loss of the networks (solid) and of their linearisations (dashed), mean
+    over the ``n_seeds`` seeds. Right: over training, the relative gap between their test
+    outputs, ``||f_t - f_lin_t|| / ||f_lin_t||``, and between their weights,
+    ``||theta_t - theta_lin_t|| / ||theta_lin_t - theta_0||`` (mean over seeds). Targets y (P,)
+    train a scalar output, (P, O) one output per class (accuracy: the sign or the class).
+    ``run``: a LinearizedRun of these settings already trained (drawn instead of training
+    again). Returns a dict: final ``out_gap``, ``weight_gap``, test accuracies ``acc`` and
+    ``acc_lin``, training losses ``loss`` and ``loss_lin`` (means over the seeds).
+    """
+    from . import linearized
+    ax_loss, ax_gap = _axes(axes, 2, "axes")
+    steps = _checks.positive_int(steps, "steps")
+    if run is None:
+        run = linearized.train_linearized(
+            X, y, depth=depth, width=width, activation=activation,
+            parameterization=parameterization, gamma0=gamma0, eta=eta, steps=steps,
+            key=_key(key), n_seeds=n_seeds, record_every=_record_every(steps), X_test=X_test,
+            center=True)
+    elif not isinstance(run, linearized.LinearizedRun) or run.f_test is None:
+        raise ValueError("run must be a LinearizedRun with test outputs (train_linearized(..., "
+                         "X_test=...)) or None")
+    else:       # a run of other settings would be drawn under the wrong title
+        net = run.net
+        for name, have, want in (("width", net.width, width), ("depth", net.depth, depth),
+                                 ("activation", net.activation, activation),
+                                 ("parameterization", net.parameterization, parameterization),
+                                 ("gamma0", net.gamma0, gamma0),
+                                 ("n_seeds", run.loss.shape[0], n_seeds),
+                                 ("steps", run.loss.shape[1] - 1, steps)):
+            if have != want:
+                raise ValueError(f"run was trained with {name} = {have}, not {want}")
+    y_test = np.asarray(y_test)
+    f, fl = np.asarray(run.f_test, np.float64), np.asarray(run.f_test_lin, np.float64)
+    if f.shape[2:] != y_test.shape:
+        raise ValueError(f"y_test must have shape {f.shape[2:]} like the recorded test outputs; "
+                         f"got {y_test.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out_gap = np.linalg.norm((f - fl).reshape(f.shape[:2] + (-1,)), axis=-1) / \
+            np.linalg.norm(fl.reshape(f.shape[:2] + (-1,)), axis=-1)           # (S, n_rec)
+        w_gap = np.asarray(run.weight_gap) / np.asarray(run.weight_change_lin)
+    loss, loss_lin = np.asarray(run.loss).mean(0), np.asarray(run.loss_lin).mean(0)
+    ax_loss.semilogy(loss, "-", color="C0", label="network")
+    ax_loss.semilogy(loss_lin, "--", color="k", label="linearised")
+    ax_loss.set_xlabel("step $t$")
+    ax_loss.set_ylabel("training loss")
+    par = {"ntk": "NTK", "mup": "μP", "standard": "standard"}.get(parameterization, parameterization)
+    ax_loss.set_title(f"{par}, N = {run.net.width}, $\\gamma_0$ = {run.net.gamma0:g}")
+    ax_loss.legend()
+    t = np.asarray(run.times)[1:]
+    # (at t = 0 both gaps are 0 / 0: drawn from the first record on)
+    ax_gap.loglog(t, out_gap[:, 1:].mean(0), "o-", color="C0", label="test outputs")
+    ax_gap.loglog(t, w_gap[:, 1:].mean(0), "s--", color="C3", label="weights")
+    ax_gap.set_xlabel("step $t$")
+    ax_gap.set_ylabel("relative gap to the linearisation")
+    ax_gap.set_title("network vs linearisation")
+    ax_gap.legend()
+    return dict(out_gap=float(out_gap[:, -1].mean()), weight_gap=float(w_gap[:, -1].mean()),
+                acc=float(_correct(f[:, -1], y_test).mean()),
+                acc_lin=float(_correct(fl[:, -1], y_test).mean()),
+                loss=float(loss[-1]), loss_lin=float(loss_lin[-1]))
+
+
+def linearized_panel(X, y, X_test, y_test, *, widths=(64, 256, 1024), depth=1, activation="relu",
+                     eta=1.0, steps=100, n_seeds=4):
+    """ipywidgets panel (width, parameterisation, gamma0, learning rate) around
+    :func:`draw_linearized`. ``widths``: at least two distinct widths (the slider starts at
+    the second); ``eta``: where the learning-rate slider starts (eta / 4 .. 4 eta)."""
+    import ipywidgets as w
+
+    from . import linearized
+    # a panel's callback only logs its errors: check the arguments before building it
+    X = _checks.inputs(X, "X")
+    X_test = _checks.inputs(X_test, "X_test")
+    if X_test.shape[1] != X.shape[1]:
+        raise ValueError(f"X_test must have D={X.shape[1]} columns like X; got {X_test.shape}")
+    y, y_test = np.asarray(y), np.asarray(y_test)
+    if y.shape[:1] != X.shape[:1] or y.ndim not in (1, 2):
+        raise ValueError(f"y must have shape ({X.shape[0]},) or ({X.shape[0]}, O); got {y.shape}")
+    if y_test.shape != (X_test.shape[0],) + y.shape[1:]:
+        raise ValueError(f"y_test must have shape {(X_test.shape[0],) + y.shape[1:]}; "
+                         f"got {y_test.shape}")
+    widths = _slider_widths(widths)
+    eta = _checks.nonnegative(eta, "eta", strict=True)
+    steps = _checks.positive_int(steps, "steps")
+    n_seeds = _checks.positive_int(n_seeds, "n_seeds")
+    net = nets.make_mlp(X.shape[1], depth=depth, width=max(widths), activation=activation,
+                        n_out=1 if y.ndim == 1 else y.shape[1])
+    _checks.fits(*linearized._train_bytes(net, X.shape[0], X_test.shape[0], steps=steps,
+                                          record_every=_record_every(steps), n_seeds=n_seeds))
+    log_eta = float(np.log10(eta))
+    return Panel(
+        lambda axes, **v: draw_linearized(axes, X, y, X_test, y_test, depth=depth,
+                                          activation=activation, steps=steps, n_seeds=n_seeds,
+                                          **v),
+        ncols=2, figsize=(10, 3.8), prepare=("width",),
+        summary=lambda r: (f"gap to the linearisation: outputs {r['out_gap']:.3f}, weights "
+                           f"{r['weight_gap']:.3f}; test accuracy {r['acc']:.3f} (linearised "
+                           f"{r['acc_lin']:.3f})"),
+        width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
+                                continuous_update=False),
+        parameterization=w.ToggleButtons(options=[("NTK", "ntk"), ("μP", "mup")], value="ntk",
+                                         description="param."),
+        gamma0=w.FloatLogSlider(value=1.0, base=10, min=-1, max=0.5, description="γ0",
+                                continuous_update=False),
+        eta=w.FloatLogSlider(value=eta, base=10, min=log_eta - 0.6, max=log_eta + 0.6,
+                             description="η", continuous_update=False))
