@@ -27,6 +27,12 @@ if (os.environ.get("WIDENETS_PIN_WORKERS") == "1" and _worker.startswith("gw")
     if len(_cpus) > 1:
         os.sched_setaffinity(0, {_cpus[int(_worker[2:]) % len(_cpus)]})
 
+# XLA's CPU optimisation level 2 (widenets/_xla_flags.py), set before any test computes: a test
+# module that runs JAX before importing widenets would otherwise compile at level 3
+from widenets._xla_flags import fast_cpu_compile  # noqa: E402
+
+fast_cpu_compile()
+
 import pytest  # noqa: E402
 
 
