@@ -320,8 +320,10 @@ def test_target_alignment_of_the_target_kernel_is_one():
     assert float(kernels.target_alignment(np.outer(Y, Y), Y)) == pytest.approx(1.0, abs=1e-12)
     assert float(kernels.target_alignment(5.0 * np.outer(Y, Y), Y)) == pytest.approx(1.0, abs=1e-12)
     assert float(kernels.target_alignment(KX, Y)) < 1 - 1e-3
-    # y^T K y / (|K|_F |y|^2) written out
-    expected = Y @ KX @ Y / (np.linalg.norm(KX) * (Y @ Y))
+    # y^T K y / (|K|_F |y|^2) written out, in float64 like the metric (KX and Y are float32:
+    # a float32 product's rounding depends on the BLAS's summation order, ~1e-7)
+    K64, Y64 = KX.astype(np.float64), Y.astype(np.float64)
+    expected = Y64 @ K64 @ Y64 / (np.linalg.norm(K64) * (Y64 @ Y64))
     assert float(kernels.target_alignment(KX, Y)) == pytest.approx(expected, rel=1e-12)
 
 
