@@ -864,7 +864,7 @@ def linearized_panel(X, y, X_test, y_test, *, widths=(64, 256, 1024), depth=1, a
                            f"{r['acc_lin']:.3f})"),
         width=w.SelectionSlider(options=list(widths), value=widths[1], description="width N",
                                 continuous_update=False),
-        parameterization=w.ToggleButtons(options=[("NTK", "ntk"), ("μP", "mup")], value="ntk",
+        parameterization=w.ToggleButtons(options=["ntk", "mup"], value="ntk",
                                          description="param."),
         gamma0=w.FloatLogSlider(value=1.0, base=10, min=-1, max=0.5, description="γ0",
                                 continuous_update=False),
