@@ -494,3 +494,14 @@ BAD_INPUTS = [
 def test_bad_input_raises_a_value_error_that_says_what_is_wrong(fn, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fn(**kwargs)
+
+
+def test_flatten_full_puts_logit_i_of_example_a_at_row_a_times_o_plus_i():
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((3, 2, 4, 4))
+    M = kernels.flatten_full(F)
+    assert M.shape == (12, 8)
+    for a, b, i, j in ((0, 0, 0, 0), (2, 1, 3, 1), (1, 0, 2, 3)):
+        assert M[a * 4 + i, b * 4 + j] == F[a, b, i, j]
+    with pytest.raises(ValueError, match=r"\bfull must have shape \(P, P2, O, O\)"):
+        kernels.flatten_full(F[..., :3])

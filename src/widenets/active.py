@@ -376,7 +376,7 @@ def network_lookahead(X, labels, *, labelled, candidates, over, depth, width, et
     pos = {int(v): i for i, v in enumerate(pts)}
     ntk = np.asarray(kernels.full_ntk(net, theta_L, X[pts]), np.float64)   # (p, p, O, O)
     ntk = (ntk + ntk.transpose(1, 0, 3, 2)) / 2     # symmetric beyond float32 round-off
-    flat = lambda a, b: ntk[np.ix_(a, b)].transpose(0, 2, 1, 3).reshape(len(a) * O, len(b) * O)
+    flat = lambda a, b: kernels.flatten_full(ntk[np.ix_(a, b)])
     rows_over = np.array([pos[int(v)] for v in over])
     predicted = np.empty(m)
     for j in range(m):

@@ -239,6 +239,16 @@ def pntk(net: MLP, params, X, X2=None):
     return _nets._finite_or_warn(k, "pntk", net, X)
 
 
+def flatten_full(full):
+    """A full NTK (P, P2, O, O) as the (P O, P2 O) matrix that acts on outputs flattened
+    example-major (row ``a * O + i``: example a, logit i; the order of ``Y.reshape(-1)``)."""
+    full = _checks.real_array(full, "full")
+    if full.ndim != 4 or full.shape[2] != full.shape[3]:
+        raise ValueError(f"full must have shape (P, P2, O, O); got {full.shape}")
+    P, P2, O = full.shape[0], full.shape[1], full.shape[2]
+    return np.asarray(full).transpose(0, 2, 1, 3).reshape(P * O, P2 * O)
+
+
 def pntk_error(full, approx):
     """Relative Frobenius error of ``approx (x) I_O`` against the full (P, P2, O, O) NTK."""
     full = _matrix(full, "full", ndim=4)
